@@ -1,0 +1,150 @@
+"""Every loss term in one place, each a small pure function, and the two objectives built from them.
+
+The VAE-GAN objective follows Larsen et al. 2015 ("Autoencoding beyond pixels"):
+    encoder       <- kl_weight * KL + L_llike(Dis_l)            (+ pixel_weight * pixel term)
+    decoder       <- gamma * L_llike(Dis_l) + L_GAN(generator)  (+ pixel_weight * pixel term)
+    discriminator <- L_GAN(discriminator)
+`per_network_losses` returns one scalar per network; the trainer back-propagates each into its own
+network's parameters only, so no network is stepped with another network's objective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+# -- terms ---------------------------------------------------------------------------------------
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean KL of each latent dimension: how much the model uses it (for traversal order)."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+
+
+def bce_reconstruction(recon01: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
+    """Per-image summed binary cross-entropy, averaged over the batch (the seed's reconstruction)."""
+    with torch.autocast(recon01.device.type, enabled=False):  # BCE is unsafe under autocast
+        return F.binary_cross_entropy(recon01.float(), target01.float(), reduction="sum") / recon01.shape[0]
+
+
+def mse_reconstruction(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image summed squared error, averaged over the batch (Gaussian likelihood in pixels)."""
+    return (recon.float() - target.float()).pow(2).flatten(1).sum(1).mean()
+
+
+def feature_reconstruction_loss(feats_real: torch.Tensor, feats_recon: torch.Tensor) -> torch.Tensor:
+    """The learned-similarity term L_llike^Dis_l: a Gaussian likelihood in the discriminator's
+    feature space, i.e. half the squared distance, summed per image, averaged over the batch."""
+    return 0.5 * (feats_recon.float() - feats_real.float()).pow(2).flatten(1).sum(1).mean()
+
+
+def discriminator_gan_loss(real_logits: torch.Tensor, *fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(x) - sum_f log(1 - D(f)): real faces are 1, each kind of generated face 0."""
+    loss = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float))
+    for logits in fake_logits:
+        loss = loss + F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float))
+    return loss
+
+
+def generator_gan_loss(*fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: -sum_f log D(f)."""
+    loss = fake_logits[0].new_zeros((), dtype=torch.float)
+    for logits in fake_logits:
+        loss = loss + F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits, dtype=torch.float))
+    return loss
+
+
+def equilibrium_gate(real_cost: float, fake_cost: float, equilibrium: float, margin: float) -> tuple[bool, bool]:
+    """The paper's gate, as in its code: returns (train_decoder_gan, train_discriminator).
+
+    The discriminator rests when it is too strong (a cost below equilibrium - margin); the decoder's
+    GAN update rests when it is too weak (a cost above equilibrium + margin); never both.
+    """
+    train_dis = not (real_cost < equilibrium - margin or fake_cost < equilibrium - margin)
+    train_dec = not (real_cost > equilibrium + margin or fake_cost > equilibrium + margin)
+    if not (train_dis or train_dec):
+        train_dis = train_dec = True
+    return train_dec, train_dis
+
+
+# -- objectives ----------------------------------------------------------------------------------
+@dataclass
+class VAELoss:
+    """The seed's ELBO: per-image summed BCE (or MSE) + kl_weight * KL. No discriminator."""
+
+    kl_weight: float = 1.0
+    reconstruction: str = "bce"
+
+    needs_discriminator = False
+
+    def __post_init__(self) -> None:
+        if self.reconstruction not in ("bce", "mse"):
+            raise ValueError(f"loss.reconstruction must be 'bce' or 'mse', got {self.reconstruction!r}")
+
+    def terms(self, x01: torch.Tensor, recon01: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+        rec = bce_reconstruction(recon01, x01) if self.reconstruction == "bce" else mse_reconstruction(recon01, x01)
+        kl = kl_divergence(mu, logvar)
+        return {"reconstruction": rec, "kl": kl, "total": rec + self.kl_weight * kl}
+
+
+@dataclass
+class VAEGANLoss:
+    """The VAE-GAN objective of Larsen et al. 2015, one scalar per network.
+
+    equilibrium/margin: the paper's gate (equilibrium=null turns it off); pixel_weight: an optional
+    pixel MSE term for the encoder and decoder, useful at the start; pixel_warmup_steps fades it out.
+    """
+
+    kl_weight: float = 1.0
+    gamma: float = 1e-2
+    feature_layer: int = 3
+    equilibrium: float | None = 0.68
+    margin: float = 0.35
+    pixel_weight: float = 0.0
+    pixel_warmup_steps: int = 0
+    recon_gan: bool = True
+
+    needs_discriminator = True
+
+    def pixel_factor(self, step: int) -> float:
+        """pixel_weight, linearly faded to 0 over pixel_warmup_steps (constant when 0)."""
+        if self.pixel_weight == 0:
+            return 0.0
+        if self.pixel_warmup_steps <= 0:
+            return float(self.pixel_weight)
+        return float(self.pixel_weight) * max(0.0, 1.0 - step / self.pixel_warmup_steps)
+
+    def per_network_losses(self, *, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+                           logvar: torch.Tensor, logits_real: torch.Tensor, logits_recon: torch.Tensor,
+                           logits_prior: torch.Tensor, feats_real: torch.Tensor, feats_recon: torch.Tensor,
+                           step: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Returns ({encoder, decoder, discriminator, decoder_gan}, {term: value}) tensors."""
+        kl = kl_divergence(mu, logvar)
+        llike = feature_reconstruction_loss(feats_real.detach(), feats_recon)
+        fakes = (logits_recon, logits_prior) if self.recon_gan else (logits_prior,)
+        gen = generator_gan_loss(*fakes)
+        dis = discriminator_gan_loss(logits_real, *fakes)
+        terms = {"kl": kl, "feature_reconstruction": llike, "gan_generator": gen, "gan_discriminator": dis}
+        encoder = self.kl_weight * kl + llike
+        decoder = self.gamma * llike
+        w = self.pixel_factor(step)
+        if w > 0:
+            pixel = mse_reconstruction(recon, x)
+            terms["pixel"] = pixel
+            encoder = encoder + w * pixel
+            decoder = decoder + w * pixel
+        losses = {"encoder": encoder, "decoder": decoder, "decoder_gan": gen, "discriminator": dis}
+        return losses, terms
+
+    @staticmethod
+    def gate_costs(logits_real: torch.Tensor, logits_prior: torch.Tensor) -> torch.Tensor:
+        """The two discriminator costs the gate compares: BCE on real faces and on prior samples."""
+        real = F.binary_cross_entropy_with_logits(logits_real.float(), torch.ones_like(logits_real, dtype=torch.float))
+        fake = F.binary_cross_entropy_with_logits(logits_prior.float(), torch.zeros_like(logits_prior, dtype=torch.float))
+        return torch.stack([real, fake]).detach()

@@ -1,0 +1,545 @@
+"""The plain-PyTorch training loop: per-network updates, checkpoints, resume, logging calls.
+
+One forward pass per step; then each network's objective is back-propagated into that network's
+parameters alone (`backward(inputs=...)`), so no network is stepped with another one's gradients.
+Randomness comes only from the seeded global generators, whose state travels in every checkpoint,
+and the data order is a function of (seed, epoch): a run killed at any step and resumed ends with
+the same weights, bit for bit on CPU, as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from facegen import distributed as dist
+from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, find_latest_checkpoint,
+                                load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
+from facegen.logging import JSONLWriter
+from facegen.losses import VAEGANLoss, equilibrium_gate
+from facegen.models.vaegan import VAEGAN, build_model
+from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
+
+NETWORKS = ("encoder", "decoder", "discriminator")
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN loss, a finished run resumed with other settings...)."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: int,
+                     fused: bool = False) -> tuple[dict, dict]:
+    """One optimizer per network; `lr_<network>` overrides `lr`; an optional per-epoch scheduler."""
+    cfg = OmegaConf.to_container(opt_cfg, resolve=True)
+    lr = cfg.pop("lr")
+    per_net = {n: cfg.pop(f"lr_{n}", None) for n in NETWORKS}
+    scheduler = cfg.pop("scheduler", "none") or "none"
+    decay = cfg.pop("decay", 1.0)
+    cfg.pop("name", None)
+    cfg["_partial_"] = True
+    if fused and cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW"):
+        cfg.setdefault("fused", True)
+    factory = instantiate(cfg)
+    optimizers, schedulers = {}, {}
+    for name, net in nets.items():
+        optimizers[name] = factory(net.parameters(), lr=per_net[name] if per_net[name] is not None else lr)
+        if scheduler == "exponential":
+            schedulers[name] = torch.optim.lr_scheduler.ExponentialLR(optimizers[name], gamma=decay)
+        elif scheduler == "cosine":
+            schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizers[name], T_max=max(1, epochs))
+        elif scheduler != "none":
+            raise ValueError(f"optimizer.scheduler must be none, exponential or cosine, got {scheduler!r}")
+    return optimizers, schedulers
+
+
+class Trainer:
+    """Trains the model of a composed `train.yaml` config and writes everything into its run dir."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        t = cfg.trainer
+        self.rank, self.world_size = dist.setup(t.strategy, t.device)
+        self.is_main = self.rank == 0
+        self.run_dir = Path(dist.agree_on_run_dir(cfg.paths.output_dir))
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = dist.device_for_rank(resolve_device(t.device), self.rank)
+        self.amp_dtype = resolve_precision(t.precision, self.device)
+        if t.num_threads:
+            torch.set_num_threads(int(t.num_threads))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        seed_everything(int(cfg.seed))
+
+        self.data = instantiate(cfg.data).setup()
+        self.loss = instantiate(cfg.loss)
+        self.model: VAEGAN = build_model(cfg.model, with_discriminator=self.loss.needs_discriminator)
+        self.model.to(self.device)
+        self.channels_last = self._resolve_auto(t.channels_last, default=True)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.nets = {n: getattr(self.model, n) for n in NETWORKS if getattr(self.model, n) is not None}
+        self.optimizers, self.schedulers = build_optimizers(
+            cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda")
+        self.ema = None
+        if t.ema_decay:
+            self.ema = AveragedModel(self.model.decoder, multi_avg_fn=get_ema_multi_avg_fn(float(t.ema_decay)),
+                                     use_buffers=True)
+        # what the forward pass calls: DDP and/or compiled wrappers around the same parameters
+        self.calls = dist.wrap(self.nets, self.device) if self.world_size > 1 else dict(self.nets)
+        self.compiled = False
+        if self._resolve_auto(t.compile, default=self.device.type == "cuda"):
+            self.calls = {n: torch.compile(m, backend=t.compile_backend) for n, m in self.calls.items()}
+            self.compiled = True
+
+        on_device = self._resolve_auto(t.data_on_device, default=True)
+        images = self.data.train.images
+        self.train_images = images.to(self.device) if on_device else (
+            images.pin_memory() if self.device.type == "cuda" else images)
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        self.fixed_z = torch.randn(int(t.grid_size), self.model.latent_dim, generator=g).to(self.device)
+        n_val = min(int(t.grid_size), len(self.data.val)) if len(self.data.val) else 0
+        grid_source = self.data.val if n_val else self.data.train
+        self.fixed_real = grid_source.images[: min(int(t.grid_size), len(grid_source))].to(self.device)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.elapsed = 0.0
+        self.finished = False
+        self.history: dict[str, Any] = {}
+        self.logger_run_id: str | None = None
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_steps = 0
+        self._first_bad: dict[str, torch.Tensor] = {}
+        self._stop_signal: int | None = None
+        self._log_t0 = time.monotonic()
+        self._log_images_seen = 0
+
+        self.resumed_from = self._resume()
+        self.logger = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_provenance(self.run_dir, provenance())
+            self.metrics_file = JSONLWriter(self.run_dir / "metrics.jsonl")
+            config = OmegaConf.to_container(cfg, resolve=True)
+            self.logger = instantiate(cfg.logger)(run_dir=self.run_dir, config=config,
+                                                  run_id=self.logger_run_id)
+            self.logger_run_id = self.logger.run_id
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_auto(value: Any, default: bool) -> bool:
+        return default if str(value) == "auto" else bool(value)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.train_images[idx.to(self.train_images.device)].to(self.device, non_blocking=True)
+        x = self.model.from_uint8(x)
+        if self.data.hflip:
+            flip = torch.rand(x.shape[0], device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _accumulate(self, values: dict[str, torch.Tensor]) -> None:
+        """Sum the step's values on the device; no host sync until the next log."""
+        for k, v in values.items():
+            v = v.detach().float()
+            if k in self._acc:
+                self._acc[k] += v
+            else:
+                self._acc[k] = v.clone()
+            bad = self._first_bad.get(k)
+            if bad is None:
+                bad = self._first_bad[k] = torch.full((), -1, dtype=torch.long, device=v.device)
+            bad.copy_(torch.where((bad < 0) & ~torch.isfinite(v), torch.full_like(bad, self.step + 1), bad))
+        self._acc_steps += 1
+
+    # -- one step -----------------------------------------------------------------------------------
+    def _zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def _clip_and_step(self, names: list[str]) -> None:
+        clip = self.cfg.trainer.grad_clip
+        for name in names:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), float(clip))
+            self.optimizers[name].step()
+        if self.ema is not None and "decoder" in names:
+            self.ema.update_parameters(self.model.decoder)
+
+    def _step_vae(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            mu, logvar = self.calls["encoder"](x)
+            recon = self.calls["decoder"](self.model.reparameterize(mu, logvar))
+        lo, hi = self.model.output_range
+        terms = self.loss.terms((x - lo) / (hi - lo), (recon.float() - lo) / (hi - lo), mu.float(), logvar.float())
+        self._zero_grad()
+        # encoder and decoder share the ELBO: one objective, so one backward serves both
+        terms["total"].backward()
+        self._clip_and_step(["encoder", "decoder"])
+        return {f"loss/{k}": v for k, v in terms.items()}
+
+    def _step_vaegan(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss: VAEGANLoss = self.loss
+        b = x.shape[0]
+        with self._autocast():
+            mu, logvar = self.calls["encoder"](x)
+            z = self.model.reparameterize(mu, logvar)
+            z_prior = torch.randn_like(z)
+            generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
+            logits, feats = self.calls["discriminator"](torch.cat([x, generated]), loss.feature_layer)
+        if feats is None:
+            raise TrainingError(f"loss.feature_layer={loss.feature_layer} is not a layer of the discriminator "
+                                f"(it has layers 0..{unwrap(self.model.discriminator).num_layers - 1})")
+        recon = generated[:b]
+        l_real, l_recon, l_prior = logits.split(b)
+        losses, terms = loss.per_network_losses(
+            x=x, recon=recon, mu=mu.float(), logvar=logvar.float(), logits_real=l_real, logits_recon=l_recon,
+            logits_prior=l_prior, feats_real=feats[:b], feats_recon=feats[b:2 * b], step=self.step)
+        train_dec_gan, train_dis = True, True
+        if loss.equilibrium is not None:
+            real_cost, fake_cost = loss.gate_costs(l_real, l_prior).tolist()
+            train_dec_gan, train_dis = equilibrium_gate(real_cost, fake_cost, loss.equilibrium, loss.margin)
+        self._zero_grad()
+        params = {n: [p for p in self.nets[n].parameters() if p.requires_grad] for n in self.nets}
+        losses["encoder"].backward(inputs=params["encoder"], retain_graph=True)
+        decoder_loss = losses["decoder"] + losses["decoder_gan"] if train_dec_gan else losses["decoder"]
+        decoder_loss.backward(inputs=params["decoder"], retain_graph=train_dis)
+        stepped = ["encoder", "decoder"]
+        if train_dis:
+            losses["discriminator"].backward(inputs=params["discriminator"])
+            stepped.append("discriminator")
+        self._clip_and_step(stepped)
+        out = {f"loss/{k}": v for k, v in terms.items()}
+        out["gate/decoder_gan"] = torch.tensor(float(train_dec_gan), device=self.device)
+        out["gate/discriminator"] = torch.tensor(float(train_dis), device=self.device)
+        return out
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.loss.needs_discriminator:
+            return self._step_vaegan(x)
+        return self._step_vae(x)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> float | None:
+        t = self.cfg.trainer
+        if self.finished:
+            if self.is_main:
+                print(f"[facegen] {self.resumed_from} is a finished run (epoch {self.epoch}, step {self.step}); "
+                      "nothing to do. Raise trainer.epochs / trainer.max_steps to train on.", flush=True)
+            return self._return_value()
+        previous = self._install_signal_handlers()
+        anomaly = torch.autograd.set_detect_anomaly(True) if t.detect_anomaly else contextlib.nullcontext()
+        profiler = self._profiler() if t.profile_steps else contextlib.nullcontext()
+        max_steps = int(t.max_steps) if t.max_steps else None
+        max_time = float(t.max_time) if t.max_time else None
+        epochs = int(t.epochs)
+        n_batches = len(self.data.train_batches(0, self.rank, self.world_size))
+        total = n_batches * epochs if max_steps is None else min(max_steps, n_batches * epochs)
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.is_main and t.progress_bar),
+                   desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+        t_start = time.monotonic() - self.elapsed
+        self._log_t0 = time.monotonic()
+        self.model.train()
+        try:
+            with anomaly, profiler as prof:
+                while self.epoch < epochs:
+                    batches = self.data.train_batches(self.epoch, self.rank, self.world_size)
+                    for i in range(self.batch_in_epoch, len(batches)):
+                        x = self._batch(batches[i])
+                        values = self.train_step(x)
+                        self.step += 1
+                        self.batch_in_epoch = i + 1
+                        self._log_images_seen += x.shape[0] * self.world_size
+                        self._accumulate(values)
+                        if prof is not None:
+                            prof.step()
+                        self.elapsed = time.monotonic() - t_start
+                        bar.update(1)
+                        last_in_epoch = self.batch_in_epoch == len(batches)
+                        out_of_steps = max_steps is not None and self.step >= max_steps
+                        out_of_time = max_time is not None and self.elapsed >= max_time
+                        if self.step % int(t.log_every) == 0 or (out_of_steps or out_of_time) and not last_in_epoch:
+                            self._log(bar)
+                        if self._stop_signal is not None:
+                            self._save("last.pt")
+                            raise _Stop()
+                        if (out_of_steps or out_of_time) and not last_in_epoch:
+                            self.finished = True
+                            self._save("last.pt")
+                            raise _Stop()
+                        if self.step % int(t.checkpoint_every) == 0 and not last_in_epoch:
+                            self._save("last.pt")
+                    self._end_epoch(bar)
+                    if (max_steps is not None and self.step >= max_steps) or (
+                            max_time is not None and self.elapsed >= max_time):
+                        break
+                self.finished = True
+                self._save("last.pt")
+        except _Stop:
+            pass
+        finally:
+            bar.close()
+            self._restore_signal_handlers(previous)
+        if self._stop_signal is not None:
+            name = signal.Signals(self._stop_signal).name
+            if self.is_main:
+                print(f"[facegen] {name}: stopped at step {self.step}, checkpoint {self.ckpt_dir / 'last.pt'}; "
+                      f"resume with trainer.resume=auto hydra.run.dir={self.run_dir}", flush=True)
+            self.close(exit_code=128 + self._stop_signal)
+            raise SystemExit(128 + self._stop_signal)
+        if self.is_main:
+            reason = "time budget" if max_time is not None and self.elapsed >= max_time else "done"
+            print(f"[facegen] {reason}: {self.step} steps, {self.epoch} epochs in {self.elapsed:.1f} s; "
+                  f"run dir {self.run_dir}", flush=True)
+        return self._return_value()
+
+    def _end_epoch(self, bar) -> None:
+        self._log(bar)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        for sched in self.schedulers.values():
+            sched.step()
+        record = {"epoch": self.epoch, "step": self.step, **self.validate()}
+        self.history.update(record)
+        if self.is_main:
+            self._write_record(record)
+            paths = self.save_grids(f"epoch_{self.epoch:03d}")
+            self.logger.log_images(paths, self.step)
+        self._save("last.pt")
+        self._save(f"epoch_{self.epoch:03d}.pt")
+        self._prune_epoch_checkpoints()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation losses, with z = mu (no randomness): reconstruction error and KL."""
+        from facegen.losses import kl_divergence
+
+        if len(self.data.val) == 0:
+            return {}
+        self.model.eval()
+        sums = torch.zeros(3, device=self.device)
+        n = 0
+        for u8 in self.data.iter_val(256):
+            x = self.model.from_uint8(u8.to(self.device))
+            with self._autocast():
+                mu, logvar = self.model.encode(x)
+                recon = self.model.decode(mu)
+            err = (self.model.to_unit(recon) - self.model.to_unit(x)).pow(2)
+            sums += torch.stack([err.flatten(1).mean(1).sum(), err.flatten(1).sum(1).sum(),
+                                 kl_divergence(mu.float(), logvar.float()) * x.shape[0]])
+            n += x.shape[0]
+        self.model.train()
+        mse, sse, kl = (sums / n).tolist()
+        return {"val/recon_mse": mse, "val/kl": kl, "val/loss": sse + kl}
+
+    def _return_value(self) -> float | None:
+        key = self.cfg.get("optimized_metric") or "val/loss"
+        value = self.history.get(key)
+        return None if value is None else float(value)
+
+    # -- logging ---------------------------------------------------------------------------------------
+    def _log(self, bar) -> None:
+        if not self._acc:
+            return
+        keys = list(self._acc)
+        values = (torch.stack([self._acc[k] for k in keys]) / self._acc_steps).tolist()
+        record = dict(zip(keys, values))
+        bad = {k: int(v) for k, v in zip(self._first_bad, torch.stack(list(self._first_bad.values())).tolist())
+               if v >= 0}
+        if bad:
+            term, step = min(bad.items(), key=lambda kv: kv[1])
+            last = self.ckpt_dir / "last.pt"
+            raise TrainingError(
+                f"loss term '{term}' became non-finite (nan/inf) at step {step}; training stopped. "
+                f"The last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning "
+                "rate (optimizer.lr), set trainer.grad_clip, or run with debug=anomaly to find the operation.")
+        now = time.monotonic()
+        record["perf/img_per_s"] = self._log_images_seen / max(now - self._log_t0, 1e-9)
+        for name, opt in self.optimizers.items():
+            record[f"lr/{name}"] = opt.param_groups[0]["lr"]
+        record.update({"epoch": self.epoch + self.batch_in_epoch / max(1, len(
+            self.data.train_batches(self.epoch, self.rank, self.world_size))), "step": self.step})
+        self._acc, self._acc_steps, self._log_images_seen, self._log_t0 = {}, 0, 0, now
+        if self.is_main:
+            self._write_record(record)
+            short = {k.split("/")[-1][:12]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")}
+            bar.set_postfix(**short, img_s=f"{record['perf/img_per_s']:.0f}", refresh=False)
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        self.metrics_file.write({"time": round(self.elapsed, 3), **record})
+        self.logger.log_metrics({k: v for k, v in record.items() if k != "step"}, record["step"])
+
+    @torch.no_grad()
+    def save_grids(self, name: str) -> dict[str, Path]:
+        """Samples from a fixed z (progress is visible across epochs) and real|reconstruction pairs."""
+        self.model.eval()
+        decoder = self.ema.module if self.ema is not None else self.model.decoder
+        samples = self.model.to_unit(decoder(self.fixed_z))
+        real = self.model.from_uint8(self.fixed_real)
+        recon = self.model.to_unit(self.model.reconstruct(real))
+        self.model.train()
+        pairs = torch.stack([self.model.to_unit(real), recon], 1).flatten(0, 1)
+        paths = {"samples": self.run_dir / "samples" / f"{name}.png",
+                 "reconstructions": self.run_dir / "reconstructions" / f"{name}.png"}
+        for p in paths.values():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        save_image(samples, paths["samples"], nrow=int(math.sqrt(len(samples))) or 1, padding=1)
+        save_image(pairs, paths["reconstructions"], nrow=16, padding=1)
+        return paths
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        model = {n: unwrap(m).state_dict() for n, m in self.nets.items()}
+        if self.ema is not None:
+            model["decoder_ema"] = self.ema.module.state_dict()
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "model": model,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema is not None else 0,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed,
+            "finished": self.finished,
+            "rng": rng_state(),
+            "metrics": dict(self.history),
+            "logger_run_id": self.logger_run_id,
+            "provenance": provenance(),
+        }
+
+    def _save(self, name: str) -> None:
+        if self._acc:  # never write weights that a non-finite loss has touched
+            bad = [v for v in self._first_bad.values()]
+            if bad and int(torch.stack(bad).max()) >= 0:
+                self._log(_NullBar())
+        if self.is_main:
+            atomic_save(self.state_dict(), self.ckpt_dir / name)
+        dist.barrier()
+
+    def _prune_epoch_checkpoints(self) -> None:
+        keep = int(self.cfg.trainer.keep_last)
+        if not self.is_main or keep < 0:
+            return
+        epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"))
+        for old in epochs[: max(0, len(epochs) - keep)]:
+            old.unlink(missing_ok=True)
+
+    def _resume(self) -> str | None:
+        resume = self.cfg.trainer.resume
+        if not resume:
+            return None
+        if str(resume) == "auto":
+            path = find_latest_checkpoint(self.run_dir)
+            if path is None:
+                return None
+        else:
+            path = Path(str(resume))
+        ckpt = read_checkpoint(path)
+        if "format_version" not in ckpt:
+            raise CheckpointError(f"{path}: not a facegen training checkpoint (a raw state dict?). To train on "
+                                  "from the seed's weights, convert it first: python scripts/import_seed_checkpoint.py "
+                                  f"{path} OUT.pt")
+        for name, net in self.nets.items():
+            if name not in ckpt["model"]:
+                raise CheckpointError(f"{path}: has no {name} weights (trained with another loss?); "
+                                      "use the loss it was trained with")
+            load_state(net, ckpt["model"][name], name, str(path))
+        for name, opt in self.optimizers.items():
+            if name in ckpt["optimizers"]:
+                opt.load_state_dict(ckpt["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            if name in ckpt["schedulers"]:
+                sched.load_state_dict(ckpt["schedulers"][name])
+        if self.ema is not None and ckpt["model"].get("decoder_ema") is not None:
+            self.ema.module.load_state_dict(ckpt["model"]["decoder_ema"])
+            self.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.batch_in_epoch, self.elapsed = int(ckpt["batch_in_epoch"]), float(ckpt["elapsed"])
+        self.finished = bool(ckpt.get("finished")) and str(resume) == "auto"
+        self.history = dict(ckpt.get("metrics", {}))
+        self.logger_run_id = ckpt.get("logger_run_id")
+        set_rng_state(ckpt["rng"])
+        if self.is_main:
+            print(f"[facegen] resumed from {path} at epoch {self.epoch}, step {self.step}", flush=True)
+        return str(path)
+
+    # -- signals, profiling, shutdown ----------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    def _profiler(self):
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        n = int(self.cfg.trainer.profile_steps)
+        out = self.run_dir / "profile"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        print(f"[facegen] profiling {n} steps after 2 warm-up steps; trace in {out}", flush=True)
+        return profile(activities=activities, schedule=schedule(wait=0, warmup=2, active=n, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(out)), record_shapes=True)
+
+    def close(self, exit_code: int = 0) -> None:
+        if self.logger is not None:
+            self.logger.finish(exit_code)
+            self.logger = None
+        dist.cleanup()
+
+
+class _NullBar:
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train the model of `cfg` (a composed train.yaml); returns cfg.optimized_metric's value."""
+    trainer = Trainer(cfg)
+    exit_code = 1
+    try:
+        value = trainer.fit()
+        exit_code = 0
+        return value
+    finally:
+        trainer.close(exit_code)

@@ -1,0 +1,87 @@
+"""Small run-level helpers: seeding, device and precision choice, provenance, run-dir files."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: auto = bf16-mixed on CUDA, full fp32 on CPU; None means no autocast."""
+    precision = str(precision)
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision in ("32", "32-true", "fp32"):
+        return None
+    if precision in ("bf16-mixed", "bf16"):
+        return torch.bfloat16
+    raise ValueError(f"trainer.precision must be auto, 32 or bf16-mixed, got {precision!r}")
+
+
+def git_info(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The commit and dirty flag of the facegen checkout (None outside git)."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def provenance() -> dict[str, Any]:
+    """What made this run: code version, command line, library versions, machine."""
+    from facegen import __version__
+
+    return {
+        **git_info(),
+        "command": " ".join([os.path.basename(sys.executable), "-m", "facegen.train", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith("train.py") else " ".join(sys.argv),
+        "facegen_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "hostname": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def pip_freeze() -> str:
+    """The installed distributions, as `pip freeze` lists them (without spawning pip)."""
+    lines = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                    if d.metadata["Name"]}, key=str.lower)
+    return "\n".join(lines) + "\n"
+
+
+def write_provenance(run_dir: str | os.PathLike, info: dict[str, Any]) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "provenance.json").write_text(json.dumps(info, indent=2) + "\n")
+    (run_dir / "pip_freeze.txt").write_text(pip_freeze())
