@@ -58,8 +58,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that holds pickled objects
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        why = next((s for s in lines if "Unsupported global" in s), lines[0] if lines else "")
         raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from e
+                              f"{why[:300]}). facegen never unpickles code; re-save the file as a plain "
+                              "state dict of tensors, or give a facegen checkpoint.") from e
 
 
 # -- random number generator state as plain types -------------------------------------------------

@@ -159,7 +159,7 @@ class Trainer:
         x = self.model.from_uint8(x)
         if self.data.hflip:
             flip = torch.rand(x.shape[0], device=self.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x).contiguous()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -175,7 +175,7 @@ class Trainer:
             bad = self._first_bad.get(k)
             if bad is None:
                 bad = self._first_bad[k] = torch.full((), -1, dtype=torch.long, device=v.device)
-            bad.copy_(torch.where((bad < 0) & ~torch.isfinite(v), torch.full_like(bad, self.step + 1), bad))
+            bad.copy_(torch.where((bad < 0) & ~torch.isfinite(v), torch.full_like(bad, self.step), bad))
         self._acc_steps += 1
 
     # -- one step -----------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ class Trainer:
             term, step = min(bad.items(), key=lambda kv: kv[1])
             last = self.ckpt_dir / "last.pt"
             raise TrainingError(
-                f"loss term '{term}' became non-finite (nan/inf) at step {step}; training stopped. "
+                f"loss term '{term.split('/')[-1]}' became non-finite (nan/inf) at step {step}; training stopped. "
                 f"The last good checkpoint is {last if last.exists() else '(none yet)'}. Lower the learning "
                 "rate (optimizer.lr), set trainer.grad_clip, or run with debug=anomaly to find the operation.")
         now = time.monotonic()

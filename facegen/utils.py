@@ -66,7 +66,7 @@ def provenance() -> dict[str, Any]:
         "command": " ".join([os.path.basename(sys.executable), "-m", "facegen.train", *sys.argv[1:]])
         if sys.argv and sys.argv[0].endswith("train.py") else " ".join(sys.argv),
         "facegen_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
         "hostname": socket.gethostname(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

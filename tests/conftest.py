@@ -36,17 +36,24 @@ TINY = [
     "data.num_images=96", "data.batch_size=16", "data.val_fraction=0.25",
     "trainer.epochs=1", "trainer.device=cpu", "trainer.log_every=2", "trainer.checkpoint_every=3",
     "trainer.grid_size=4", "trainer.progress_bar=false", "trainer.compile=false",
-    "model.latent_dim=8",
-    "model.encoder.widths=[8,8,8]", "model.decoder.widths=[8,8,8]",
-    "model.discriminator.widths=[4,8,8,8]", "model.discriminator.fc_width=16",
-    "logger=none",
+    "model.latent_dim=8", "logger=none",
 ]
+# narrow networks per preset, so a tiny run takes seconds on a CPU
+TINY_WIDTHS = {
+    "dcgan": ["model.encoder.widths=[8,8,8]", "model.decoder.widths=[8,8,8]",
+              "model.discriminator.widths=[4,8,8,8]", "model.discriminator.fc_width=16"],
+    "resnet": ["model.encoder.widths=[8,8,8]", "model.decoder.widths=[8,8,8]",
+               "model.discriminator.widths=[8,8,8]"],
+    "seed_vae": ["model.encoder.hidden_dims=[8,8,8]", "model.decoder.hidden_dims=[8,8,8]",
+                 "model.discriminator.widths=[4,8,8,8]", "model.discriminator.fc_width=16"],
+}
 
 
 def tiny_overrides(*extra: str) -> list[str]:
     """TINY, with later overrides of the same key winning (Hydra refuses duplicates)."""
+    preset = next((o.split("=", 1)[1] for o in extra if o.startswith("model=")), "dcgan")
     merged: dict[str, str] = {}
-    for o in [*TINY, *extra]:
+    for o in [*TINY, *TINY_WIDTHS.get(preset, []), *extra]:
         merged[o.split("=", 1)[0]] = o
     return list(merged.values())
 

@@ -1,0 +1,89 @@
+"""The networks: shapes for every family and size, the one interface, and the seed's VAE_v1 1:1."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+import facegen
+from facegen.checkpoint import CheckpointError, read_checkpoint, seed_model_config, split_seed_state_dict
+from facegen.models import build_model
+from tests.conftest import SEED_CKPT, compose_config
+
+
+@pytest.mark.parametrize("preset", ["dcgan", "resnet", "seed_vae"])
+@pytest.mark.parametrize("size,channels", [(48, 1), (64, 3)])
+def test_every_preset_builds_and_keeps_shapes(preset, size, channels):
+    if preset == "seed_vae" and size == 64:
+        size = 64  # the seed layout generalises: 64 -> 8 after three halvings
+    cfg = compose_config("train", [f"model={preset}", f"data.image_size={size}", f"data.channels={channels}"])
+    model = build_model(cfg.model).eval()
+    x = torch.rand(2, channels, size, size)
+    mu, logvar = model.encode(model.from_unit(x))
+    assert mu.shape == logvar.shape == (2, cfg.model.latent_dim)
+    out = model.decode(mu)
+    lo, hi = model.output_range
+    assert out.shape == x.shape and out.min() >= lo and out.max() <= hi
+    logits, feats = model.discriminator(out, 1)
+    assert logits.shape == (2,) and feats is not None and feats.shape[0] == 2
+    assert model.sample(3).shape == (3, channels, size, size)
+    assert model.reconstruct(model.from_unit(x)).shape == x.shape
+    unit = model.to_unit(out)
+    assert unit.min() >= 0 and unit.max() <= 1
+
+
+def test_single_network_override_mixes_families():
+    cfg = compose_config("train", ["model=dcgan", "model/discriminator=resnet"])
+    model = build_model(cfg.model)
+    assert type(model.encoder).__name__ == "DCGANEncoder"
+    assert type(model.discriminator).__name__ == "ResNetDiscriminator"
+
+
+def test_uint8_conversion_round_trips_per_output_range():
+    u8 = torch.arange(0, 256, dtype=torch.uint8).view(1, 1, 16, 16)
+    for preset in ("dcgan", "seed_vae"):
+        model = build_model(compose_config("train", [f"model={preset}"]).model, with_discriminator=False)
+        x = model.from_uint8(u8)
+        lo, hi = model.output_range
+        assert x.min().item() == pytest.approx(lo) and x.max().item() == pytest.approx(hi)
+        assert torch.allclose(model.to_unit(x) * 255, u8.float(), atol=1e-3)
+
+
+def test_odd_image_size_is_refused_with_a_clear_message():
+    cfg = compose_config("train", ["data.image_size=50"])
+    with pytest.raises(Exception, match="not divisible"):
+        instantiate(cfg.model.encoder)
+
+
+@pytest.mark.skipif(not SEED_CKPT.exists(), reason="seed checkpoint not present")
+def test_seed_state_dict_loads_one_to_one_with_unchanged_key_names():
+    raw = read_checkpoint(SEED_CKPT)
+    cfg = compose_config("train", ["model=seed_vae"])
+    model = build_model(cfg.model, with_discriminator=False)
+    enc, dec = split_seed_state_dict(raw)
+    assert set(enc) == set(model.encoder.state_dict()) and set(dec) == set(model.decoder.state_dict())
+    assert len(enc) + len(dec) == len(raw)
+    loaded = facegen.load_model(SEED_CKPT)
+    assert loaded.latent_dim == 20 and not loaded.training
+    for k, v in raw.items():
+        owner = loaded.encoder if k in enc else loaded.decoder
+        assert torch.equal(owner.state_dict()[k], v), k
+    assert seed_model_config(raw)["encoder"]["hidden_dims"] == [32, 64, 64]
+
+
+@pytest.mark.skipif(not SEED_CKPT.exists(), reason="seed checkpoint not present")
+def test_seed_state_dict_into_the_wrong_model_lists_mismatched_keys():
+    cfg = compose_config("train", ["model=dcgan"])
+    with pytest.raises(CheckpointError, match=r"(?s)do not fit.*missing keys.*model=seed_vae"):
+        facegen.load_model(SEED_CKPT, model_cfg=cfg.model)
+
+
+def test_discriminator_returns_the_chosen_layer():
+    cfg = compose_config("train", ["model=dcgan"])
+    dis = build_model(cfg.model).discriminator.eval()
+    x = torch.rand(2, 1, 48, 48)
+    shapes = [tuple(dis(x, i)[1].shape) for i in range(dis.num_layers)]
+    assert shapes == [(2, 32, 48, 48), (2, 128, 24, 24), (2, 256, 12, 12), (2, 256, 6, 6), (2, 512)]
+    assert dis(x, None)[1] is None
+    assert isinstance(dis.layers[0][0], nn.Conv2d)

@@ -1,0 +1,213 @@
+"""The training loop: gradient routing, resume bit for bit (kill -9, SIGINT), NaN stop, time budget."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facegen.checkpoint import read_checkpoint
+from facegen.losses import VAEGANLoss
+from facegen.trainer import Trainer, TrainingError, train
+from tests.conftest import ROOT, compose_config, tiny_overrides
+
+
+def _grads(params):
+    return [None if p.grad is None else p.grad.detach().clone() for p in params]
+
+
+def test_each_network_is_stepped_with_its_own_objective_only(tiny_cfg):
+    """Trainer grads == d(own objective)/d(own params); the summed-backward bug would differ."""
+    cfg = tiny_cfg("loss.equilibrium=null", "loss.kl_weight=0.7", "loss.gamma=0.3")
+    tr = Trainer(cfg)
+    x = tr._batch(tr.data.train_batches(0)[0])
+    captured = {}
+    tr._clip_and_step = lambda names: captured.update({n: _grads(tr.nets[n].parameters()) for n in names})
+    rng = torch.get_rng_state()
+    tr.train_step(x)
+    assert set(captured) == {"encoder", "decoder", "discriminator"}
+
+    # the same forward pass again (same RNG, unchanged weights), differentiated by hand
+    torch.set_rng_state(rng)
+    m, loss = tr.model, tr.loss
+    b = x.shape[0]
+    mu, logvar = m.encoder(x)
+    z = m.reparameterize(mu, logvar)
+    gen = m.decoder(torch.cat([z, torch.randn_like(z)]))
+    logits, feats = m.discriminator(torch.cat([x, gen]), loss.feature_layer)
+    lr_, lrec, lp = logits.split(b)
+    losses, terms = loss.per_network_losses(x=x, recon=gen[:b], mu=mu, logvar=logvar, logits_real=lr_,
+                                            logits_recon=lrec, logits_prior=lp, feats_real=feats[:b],
+                                            feats_recon=feats[b:2 * b])
+    p = {n: list(tr.nets[n].parameters()) for n in tr.nets}
+
+    def grad(obj, net):
+        return torch.autograd.grad(obj, p[net], retain_graph=True, allow_unused=True)
+
+    def same(a, b_):
+        return all((u is None and (v is None or not v.any())) or (v is not None and torch.allclose(u, v, atol=1e-6, rtol=1e-5))
+                   for u, v in zip(a, b_))
+
+    enc_obj = 0.7 * terms["kl"] + terms["feature_reconstruction"]
+    dec_obj = 0.3 * terms["feature_reconstruction"] + terms["gan_generator"]
+    assert same(captured["encoder"], grad(enc_obj, "encoder"))
+    assert same(captured["decoder"], grad(dec_obj, "decoder"))
+    assert same(captured["discriminator"], grad(terms["gan_discriminator"], "discriminator"))
+    # the GAN term does reach the encoder mathematically; the trainer must not pass it on
+    enc_with_gan = grad(enc_obj + terms["gan_generator"], "encoder")
+    assert not same(captured["encoder"], enc_with_gan)
+    # the decoder gets none of the KL term (and not the unit-weight feature term a summed backward gives)
+    assert all(g is None for g in grad(terms["kl"], "decoder"))
+    assert not same(captured["decoder"], grad(terms["feature_reconstruction"] + terms["gan_generator"], "decoder"))
+    # and the discriminator none of the reconstruction term
+    assert not same(captured["discriminator"],
+                    grad(terms["gan_discriminator"] + terms["feature_reconstruction"], "discriminator"))
+
+
+def test_vae_loss_builds_no_discriminator_and_learns(tiny_cfg):
+    cfg = tiny_cfg("model=seed_vae", "loss=vae", "trainer.epochs=3", "model.latent_dim=8")
+    value = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert "discriminator" not in ckpt["model"] and "discriminator" not in ckpt["optimizers"]
+    lines = [__import__("json").loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    rec = [r["loss/reconstruction"] for r in lines if "loss/reconstruction" in r]
+    assert rec[-1] < rec[0]
+    assert value == pytest.approx(lines[-1]["val/loss"])
+
+
+def test_run_dir_holds_checkpoints_grids_metrics_and_provenance(tiny_cfg):
+    cfg = tiny_cfg("trainer.epochs=2", "trainer.keep_last=1", "trainer.ema_decay=0.9")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_002.pt", "last.pt"]
+    assert (run / "samples" / "epoch_001.png").is_file() and (run / "reconstructions" / "epoch_002.png").is_file()
+    assert (run / "provenance.json").is_file() and "torch==" in (run / "pip_freeze.txt").read_text()
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert set(ckpt) >= {"format_version", "config", "model", "optimizers", "schedulers", "step", "epoch",
+                         "batch_in_epoch", "rng", "metrics", "provenance"}
+    assert set(ckpt["model"]) == {"encoder", "decoder", "discriminator", "decoder_ema"}
+    assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"]["decoder_ema"])
+    assert ckpt["config"]["model"]["latent_dim"] == 8 and ckpt["finished"] is True
+    assert ckpt["provenance"]["torch_version"] == torch.__version__
+
+
+def _final_weights(run: Path) -> dict:
+    return read_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for net in a:
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
+
+
+def test_two_runs_with_the_same_seed_are_identical(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        cfg = compose_config("train", tiny_overrides("trainer.epochs=2", "data.hflip=true"), output_dir=tmp_path / name)
+        train(cfg)
+        runs.append(_final_weights(tmp_path / name))
+    _assert_identical(*runs)
+    cfg = compose_config("train", tiny_overrides("trainer.epochs=2", "data.hflip=true", "seed=7"),
+                         output_dir=tmp_path / "c")
+    train(cfg)
+    c = _final_weights(tmp_path / "c")
+    assert not torch.equal(c["encoder"]["fc_mu.weight"], runs[0]["encoder"]["fc_mu.weight"])
+
+
+CLI_TINY = tiny_overrides("trainer.epochs=8", "trainer.checkpoint_every=2", "data.hflip=true",
+                          "trainer.ema_decay=0.9", "trainer.log_every=3")
+
+
+def _cli(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "facegen.train", *CLI_TINY, f"hydra.run.dir={run}",
+            f"paths.cache_dir={run.parent / 'cache'}", *extra]
+
+
+def _interrupt_after_first_checkpoint(cmd: list[str], run: Path, sig: int) -> int:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    last = run / "checkpoints" / "last.pt"
+    while not last.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    proc.wait(60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, sig):
+    full = tmp_path / "full"
+    subprocess.run(_cli(full), cwd=ROOT, check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    code = _interrupt_after_first_checkpoint(_cli(cut), cut, sig)
+    ckpt = read_checkpoint(cut / "checkpoints" / "last.pt")
+    assert not ckpt["finished"], "the run finished before it could be interrupted; make it longer"
+    if sig == signal.SIGINT:  # Ctrl-C writes a checkpoint at the current step and exits cleanly
+        assert code == 128 + signal.SIGINT
+    else:
+        assert code == -signal.SIGKILL
+    resumed = subprocess.run(_cli(cut, "trainer.resume=auto"), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {cut / 'checkpoints' / 'last.pt'}" in resumed.stdout
+    _assert_identical(_final_weights(full), _final_weights(cut))
+
+
+def test_resume_auto_on_a_finished_run_changes_nothing(tiny_cfg):
+    cfg = tiny_cfg()
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    cfg.trainer.resume = "auto"
+    train(cfg)
+    assert last.read_bytes() == before
+
+
+def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tiny_cfg, monkeypatch):
+    import facegen.losses as losses
+
+    calls = {"n": 0}
+    real_kl = losses.kl_divergence
+
+    def kl_nan_at_step_5(mu, logvar):
+        calls["n"] += 1
+        value = real_kl(mu, logvar)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(losses, "kl_divergence", kl_nan_at_step_5)
+    cfg = tiny_cfg("trainer.epochs=3", "trainer.log_every=100", "trainer.checkpoint_every=3")
+    with pytest.raises(TrainingError, match=r"loss term 'kl' became non-finite .* at step 5"):
+        train(cfg)
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["encoder"].values() if v.is_floating_point())
+
+
+def test_max_time_stops_close_to_the_budget_with_a_valid_checkpoint(tiny_cfg):
+    cfg = tiny_cfg("trainer.epochs=1000", "trainer.max_time=4")
+    t0 = time.monotonic()
+    train(cfg)
+    assert time.monotonic() - t0 < 4 + 8  # setup, warm-up and the final checkpoint included
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    assert ckpt["finished"] and 4 <= ckpt["elapsed"] < 6 and ckpt["epoch"] < 1000
+
+
+def test_equilibrium_gate_rules():
+    from facegen.losses import equilibrium_gate
+
+    assert equilibrium_gate(0.7, 0.7, 0.68, 0.35) == (True, True)
+    assert equilibrium_gate(0.1, 0.7, 0.68, 0.35) == (True, False)   # D too strong: rest D
+    assert equilibrium_gate(1.5, 0.7, 0.68, 0.35) == (False, True)   # D too weak: rest decoder's GAN
+    assert equilibrium_gate(0.1, 1.5, 0.68, 0.35) == (True, True)    # never both
+    assert VAEGANLoss(pixel_weight=1.0, pixel_warmup_steps=10).pixel_factor(5) == pytest.approx(0.5)
