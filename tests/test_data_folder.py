@@ -1,0 +1,190 @@
+"""The image-folder reader: FER2013 at full size, labels from folders and UTKFace names, bad files, cache."""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from facegen.data import DataError, FolderFaces, read_image_folder
+from facegen.data.cache import CacheWarning
+from facegen.data.folder import SkippedImagesWarning
+from tests.conftest import compose_config
+
+FER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
+CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+needs_fer = pytest.mark.skipif(not (FER / "train").is_dir(), reason=f"{FER} is absent")
+
+
+@pytest.fixture(scope="session")
+def fer_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fer_cache")
+
+
+@pytest.fixture(scope="session")
+def fer_train(fer_cache):
+    return read_image_folder(FER / "train", cache_dir=fer_cache)
+
+
+@pytest.fixture
+def subset(tmp_path) -> Path:
+    """40 FER2013 faces per class copied to tmp_path/faces/<class>/ (280 files)."""
+    if not (FER / "train").is_dir():
+        pytest.skip(f"{FER} is absent")
+    root = tmp_path / "faces"
+    for cls in CLASSES:
+        (root / cls).mkdir(parents=True)
+        for f in sorted((FER / "train" / cls).iterdir())[:40]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+# -- FER2013 at full size ----------------------------------------------------------------------
+@needs_fer
+def test_fer2013_train_counts_and_labels(fer_train):
+    ds = fer_train
+    assert ds.images.shape == (28_709, 1, 48, 48) and ds.images.dtype == torch.uint8
+    counts = ds.labels["label"].value_counts()
+    assert sorted(counts.index) == CLASSES
+    assert counts["happy"] == 7_215 and counts["disgust"] == 436
+    # label_idx as torchvision's ImageFolder numbers classes: sorted names
+    pairs = ds.labels[["label", "label_idx"]].drop_duplicates().sort_values("label_idx")
+    assert pairs["label"].tolist() == CLASSES and pairs["label_idx"].tolist() == list(range(7))
+    assert ds.labels["label_idx"].dtype == np.int64
+    # paths are relative and sorted; the pixels are the file's own
+    assert ds.labels["path"].is_monotonic_increasing
+    first = ds.labels["path"].iloc[0]
+    assert first.startswith("angry/Training_")
+    expected = np.asarray(Image.open(FER / "train" / first).convert("L"))
+    assert np.array_equal(ds.images[0, 0].numpy(), expected)
+
+
+@needs_fer
+def test_fer2013_cached_read_equals_cold(fer_train, fer_cache, monkeypatch):
+    import facegen.data.folder as folder
+
+    monkeypatch.setattr(folder, "_decode_folder", lambda *a, **k: pytest.fail("decoded again"))
+    cached = read_image_folder(FER / "train", cache_dir=fer_cache)
+    assert torch.equal(cached.images, fer_train.images)
+    pd.testing.assert_frame_equal(cached.labels, fer_train.labels)
+
+
+@needs_fer
+def test_fer2013_config_uses_the_validation_folder(fer_cache):
+    cfg = compose_config("train", ["data=fer2013", f"data.path={FER / 'train'}",
+                                   f"data.val_path={FER / 'validation'}", f"paths.cache_dir={fer_cache}",
+                                   "data.limit=1000"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, FolderFaces) and dm.hflip is True
+    assert len(dm.train) == 1000 and len(dm.val) == 3_589
+    assert dm.val.images.shape[1:] == (1, 48, 48)
+    assert set(dm.val.labels["label"]) == set(CLASSES)
+
+
+# -- bad files -------------------------------------------------------------------------------
+def test_a_corrupt_image_is_named_or_skipped_and_counted(subset, tmp_path):
+    bad = subset / "happy" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 3)
+    with pytest.raises(DataError) as err:
+        read_image_folder(subset, cache_dir=tmp_path / "c")
+    assert str(bad) in str(err.value) and "data.skip_bad=true" in str(err.value)
+    assert not list((tmp_path / "c").glob("*.pt")), "a failed read must not be cached"
+
+    for attempt in ("cold", "cached"):
+        with pytest.warns(SkippedImagesWarning, match=r"skipped 1 unreadable image\(s\) of 281 .*happy/broken\.jpg"):
+            ds = read_image_folder(subset, cache_dir=tmp_path / "c", skip_bad=True)
+        assert len(ds) == 280, attempt
+        assert "happy/broken.jpg" not in set(ds.labels["path"])
+        assert (ds.labels["label"].value_counts() == 40).all()
+    # the cache holds the skip; a later read without skip_bad still refuses the bad file
+    with pytest.raises(DataError, match="broken.jpg"):
+        read_image_folder(subset, cache_dir=tmp_path / "c")
+
+
+def test_an_empty_file_is_a_bad_image(subset, tmp_path):
+    (subset / "fear" / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"fear/empty\.png: cannot decode it"):
+        read_image_folder(subset, cache_dir=tmp_path / "c")
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere: image folder not found"):
+        read_image_folder(tmp_path / "nowhere", cache_dir=tmp_path / "c")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"empty: no images \(.jpg, .jpeg, .png, .bmp, .webp\)"):
+        read_image_folder(tmp_path / "empty", cache_dir=tmp_path / "c")
+
+
+# -- sizes, channels, formats, UTKFace names ------------------------------------------------------
+def test_image_size_64_and_3_channels(subset, tmp_path):
+    gray = read_image_folder(subset, cache_dir=tmp_path / "c")
+    rgb = read_image_folder(subset, image_size=64, channels=3, cache_dir=tmp_path / "c")
+    assert rgb.images.shape == (280, 3, 64, 64) and rgb.images.dtype == torch.uint8
+    assert torch.equal(rgb.images[:, 0], rgb.images[:, 1])  # gray JPEGs: the 3 channels are equal
+    # the same faces, center-cropped (no-op) and resized with antialiasing from 48 to 64
+    from torchvision.transforms.v2 import functional as F
+
+    up = F.resize(gray.images, [64, 64], antialias=True)
+    assert (rgb.images[:, :1].int() - up.int()).abs().max() <= 1
+    pd.testing.assert_frame_equal(rgb.labels, gray.labels)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_utkface_names_formats_and_center_crop(tmp_path):
+    root = tmp_path / "utk"
+    wide = np.zeros((40, 60), dtype=np.uint8)
+    wide[:, 10:50] = 200  # the centre square is uniform 200, the 10-pixel side strips are black
+    _save(root / "25_1_3_20170116174525125.jpg.chip.png", wide)
+    tall = np.full((30, 20), 90, dtype=np.uint8)
+    _save(root / "3_0_0_20170110.bmp", tall)
+    color = np.zeros((20, 20, 3), dtype=np.uint8)
+    color[..., 0] = 255  # pure red
+    _save(root / "70_0_2_x.webp", color)
+    _save(root / "sub" / "61_1_4_y.jpg", np.full((24, 24), 128, dtype=np.uint8))
+    _save(root / "odd_name.png", np.full((20, 20), 7, dtype=np.uint8))
+    ds = read_image_folder(root, image_size=20, cache_dir=tmp_path / "c")
+    assert ds.labels["path"].tolist() == ["25_1_3_20170116174525125.jpg.chip.png", "3_0_0_20170110.bmp",
+                                          "70_0_2_x.webp", "odd_name.png", "sub/61_1_4_y.jpg"]
+    assert ds.labels["age"].tolist() == [25, 3, 70, -1, 61]
+    assert ds.labels["gender"].tolist() == [1, 0, 0, -1, 1]
+    assert ds.labels["ethnicity"].tolist() == [3, 0, 2, -1, 4]
+    assert "label" not in ds.labels.columns  # some images are not in a class folder
+    img = ds.images[:, 0].int()
+    assert (img[0] == 200).all(), "center crop keeps the middle 40x40 of the 40x60 image"
+    assert (img[1] == 90).all() and (img[3] == 7).all()
+    assert abs(int(img[2].float().mean()) - 76) <= 3  # red in gray: 0.299 * 255
+    assert (img[4] - 128).abs().max() <= 2
+
+
+# -- the data module and the cache ----------------------------------------------------------------
+def test_folderfaces_split_and_changed_files(subset, tmp_path):
+    dm = FolderFaces(str(subset), val_fraction=0.1, cache_dir=str(tmp_path / "c"), seed=1)
+    assert dm.load_val() is None
+    assert len(dm.train) == 252 and len(dm.val) == 28
+    # a file added or changed is seen: the listing's key changes and the folder is decoded again
+    shutil.copy(next((subset / "sad").iterdir()), subset / "sad" / "copy.jpg")
+    assert len(read_image_folder(subset, cache_dir=tmp_path / "c")) == 281
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1, "the stale version is removed"
+
+
+def test_a_truncated_folder_cache_is_rebuilt(subset, tmp_path):
+    cold = read_image_folder(subset, cache_dir=tmp_path / "c")
+    (file,) = (tmp_path / "c").glob("*.pt")
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.warns(CacheWarning, match="rebuilding it"):
+        again = read_image_folder(subset, cache_dir=tmp_path / "c")
+    assert torch.equal(again.images, cold.images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image_folder(subset, cache_dir=tmp_path / "c")
