@@ -97,8 +97,9 @@ def benchmark_data(quick: bool = False, fer: Path = DEFAULT_FER, repeat: int | N
     repeat = repeat or (1 if quick else 3)
     rows = QUICK_ROWS if quick else ROWS
     path = build_age_gender_csv(fer, rows)
+    # the machine may be shared: the load average says how much the timings can be trusted
     res: dict = {"rows": rows, "csv_mb": round(path.stat().st_size / 1e6, 1), "cpu_count": os.cpu_count(),
-                 "numba": numba_available()}
+                 "numba": numba_available(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     res["seed_parse_s"], res["seed_parse_runs"] = _best(lambda: seed_parse(path), 1)
     df = pd.read_csv(path)
     res["seed_apply_split_only_s"], _ = _best(
@@ -107,7 +108,7 @@ def benchmark_data(quick: bool = False, fer: Path = DEFAULT_FER, repeat: int | N
     engines = ["numpy"] + (["numba"] if res["numba"] else [])
     if res["numba"]:
         t = time.perf_counter()
-        parse_faces_csv(path.parent / path.name, engine="numba")  # first call: load or compile the kernels
+        parse_faces_csv(path, engine="numba")  # first call: imports numba, loads or compiles the kernels
         res["numba_first_call_s"] = round(time.perf_counter() - t, 4)
     for engine in engines:
         res[f"parse_{engine}_s"], res[f"parse_{engine}_runs"] = _best(lambda: parse_faces_csv(path, engine=engine),
@@ -134,6 +135,7 @@ def benchmark_data(quick: bool = False, fer: Path = DEFAULT_FER, repeat: int | N
         fresh = [_fresh_process_load("read_image_folder", folder, cache) for _ in range(repeat)]
         res["folder_cached_fresh_process_s"] = round(min(f["load_s"] for f in fresh), 4)
         res["speedup_folder_cached_vs_cold"] = round(res["folder_cold_s"] / res["folder_cached_fresh_process_s"], 1)
+    res["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     for k, v in list(res.items()):
         if isinstance(v, float):
             res[k] = round(v, 4)

@@ -92,7 +92,10 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 
 def _line_problem(line: str, columns: list[str], npix: int) -> str | None:
     """What is wrong with one data line (None if nothing): fields, pixels, integer labels."""
-    fields = next(csv.reader([line]), [])
+    try:
+        fields = next(csv.reader([line]), [])
+    except csv.Error as e:
+        return f"not a valid CSV line ({e})"
     if len(fields) != len(columns):
         return (f"expected {len(columns)} comma-separated fields ({','.join(columns)}), found {len(fields)}; "
                 "each row needs one value per column, with the pixels as one field")
@@ -462,7 +465,10 @@ def _first_row_pixels(name: str, raw: bytes, start: int, columns: list[str]) -> 
         end = len(raw) if end < 0 else end
         line = raw[start:end].decode("utf-8", "replace").rstrip("\r")
         if not _is_blank(line):
-            fields = next(csv.reader([line]), [])
+            try:
+                fields = next(csv.reader([line]), [])
+            except csv.Error:
+                fields = []
             n = len(fields[columns.index(PIXELS)].split()) if len(fields) == len(columns) else 0
             if n == 0 or math.isqrt(n) ** 2 != n:
                 raise DataError(f"{name} line {line_no}: {n} pixels is not a square face (48x48 = 2304); "
