@@ -136,9 +136,9 @@ def test_image_size_64_and_3_channels(subset, tmp_path):
     pd.testing.assert_frame_equal(rgb.labels, gray.labels)
 
 
-def _save(path: Path, array: np.ndarray) -> None:
+def _save(path: Path, array: np.ndarray, **options) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, **options)
 
 
 def test_utkface_names_formats_and_center_crop(tmp_path):
@@ -153,12 +153,22 @@ def test_utkface_names_formats_and_center_crop(tmp_path):
     _save(root / "70_0_2_x.webp", color)
     _save(root / "sub" / "61_1_4_y.jpg", np.full((24, 24), 128, dtype=np.uint8))
     _save(root / "odd_name.png", np.full((20, 20), 7, dtype=np.uint8))
+    # a big noisy photo (> 32 KB, decoded on its own), 400x300: black 50-pixel side strips that
+    # the center crop removes, then 150 columns of 50 and 150 of 200
+    cols = np.arange(400)
+    photo = np.where((cols < 50) | (cols >= 350), 0, np.where(cols < 200, 50, 200))[None, :].repeat(300, 0)
+    photo = (photo + np.random.default_rng(0).normal(0, 8, photo.shape)).clip(0, 255).astype(np.uint8)
+    _save(root / "zz_1_1_photo.jpeg", photo, quality=98)
+    assert (root / "zz_1_1_photo.jpeg").stat().st_size > 32 * 1024
     ds = read_image_folder(root, image_size=20, cache_dir=tmp_path / "c")
     assert ds.labels["path"].tolist() == ["25_1_3_20170116174525125.jpg.chip.png", "3_0_0_20170110.bmp",
-                                          "70_0_2_x.webp", "odd_name.png", "sub/61_1_4_y.jpg"]
-    assert ds.labels["age"].tolist() == [25, 3, 70, -1, 61]
-    assert ds.labels["gender"].tolist() == [1, 0, 0, -1, 1]
-    assert ds.labels["ethnicity"].tolist() == [3, 0, 2, -1, 4]
+                                          "70_0_2_x.webp", "odd_name.png", "sub/61_1_4_y.jpg",
+                                          "zz_1_1_photo.jpeg"]
+    assert ds.labels["age"].tolist() == [25, 3, 70, -1, 61, -1]
+    assert ds.labels["gender"].tolist() == [1, 0, 0, -1, 1, -1]
+    assert ds.labels["ethnicity"].tolist() == [3, 0, 2, -1, 4, -1]
+    big = ds.images[5, 0].float()
+    assert abs(big[:, :9].mean() - 50) < 3 and abs(big[:, 11:].mean() - 200) < 3
     assert "label" not in ds.labels.columns  # some images are not in a class folder
     img = ds.images[:, 0].int()
     assert (img[0] == 200).all(), "center crop keeps the middle 40x40 of the 40x60 image"

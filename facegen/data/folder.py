@@ -33,6 +33,8 @@ UTKFACE_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_")
 #: Bumped when the decoding changes, so caches written by an older reader are rebuilt.
 READER_VERSION = 1
 _CHUNK = 256
+#: JPEGs up to this size are decoded in one batched call (~4x faster per image than one by one).
+_BATCH_DECODE_BYTES = 32 * 1024
 
 
 class SkippedImagesWarning(UserWarning):
@@ -136,10 +138,13 @@ def _decode_chunk(datas: list[bytes], errors: list[str | None], image_size: int,
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d else torch.empty(0, dtype=torch.uint8)
                for d in datas]
     images: list[torch.Tensor | None] = [None] * len(datas)
-    jpeg = [i for i, d in enumerate(datas) if errors[i] is None and d[:3] == b"\xff\xd8\xff"]
+    # Small JPEGs (face crops) are decoded as one batch; big photos one at a time and shrunk at
+    # once, so a chunk never holds hundreds of full-size decoded photos.
+    jpeg = [i for i, d in enumerate(datas)
+            if errors[i] is None and d[:3] == b"\xff\xd8\xff" and len(d) <= _BATCH_DECODE_BYTES]
     try:
         for i, img in zip(jpeg, decode_jpeg([tensors[i] for i in jpeg], mode=mode, apply_exif_orientation=True)):
-            images[i] = img
+            images[i] = _to_square(_fix_channels(img, channels), image_size)
         done = set(jpeg)
     except RuntimeError:  # one bad JPEG fails the batch: decode them one by one to find it
         done = set()
@@ -147,10 +152,10 @@ def _decode_chunk(datas: list[bytes], errors: list[str | None], image_size: int,
         if i in done or errors[i] is not None:
             continue
         try:
-            images[i] = _decode_one(data, mode, channels)
+            images[i] = _to_square(_fix_channels(_decode_one(data, mode, channels), channels), image_size)
         except (RuntimeError, ValueError, OSError) as e:
             errors[i] = f"cannot decode it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    good = [_to_square(_fix_channels(img, channels), image_size) for img in images if img is not None]
+    good = [img for img in images if img is not None]
     stacked = torch.stack(good) if good else torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return stacked, errors, digests
 
@@ -193,16 +198,14 @@ def _decode_folder(root: Path, entries: list[tuple[str, int, int]], image_size: 
 
     def collect(base: int, future: Future) -> None:
         images, errors, digests = future.result()
-        k = 0
         for i, (err, digest) in enumerate(zip(errors, digests)):
             content.update(rels[base + i].encode("utf-8", "surrogateescape") + b"\0" + digest)
             if err is None:
-                k += 1
-            elif not skip_bad:
+                continue
+            if not skip_bad:
                 raise _bad_image_error(root, rels[base + i], err)
-            else:
-                keep[base + i] = False
-                skipped.append([rels[base + i], err])
+            keep[base + i] = False
+            skipped.append([rels[base + i], err])
         idx = np.flatnonzero(keep[base:base + len(errors)]) + base
         out[torch.from_numpy(idx)] = images
         bar.update(len(errors))
