@@ -35,10 +35,10 @@ from facegen.data.base import FaceDataset
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the cache file or of what a reader stores changes: old files are ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 DEFAULT_CACHE_DIR = "data/cache"
 #: Bytes of image data at each end covered by the stored crc32 (catches truncation/garbage cheaply).
-_EDGE_BYTES = 1 << 20
+_EDGE_BYTES = 1 << 16
 
 
 class CacheWarning(UserWarning):
