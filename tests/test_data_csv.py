@@ -282,7 +282,7 @@ def test_a_changed_file_is_parsed_again(tmp_path):
     assert len(list((tmp_path / "c").glob("*.pt"))) == 1, "the stale version is removed"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip_image_byte"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "zeroed_page", "meta"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(damage, tmp_path):
     cold = read_age_gender_csv(SAMPLE, cache_dir=tmp_path)
     (file,) = tmp_path.glob("*.pt")
@@ -291,8 +291,12 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(damage, tmp_path):
         data = data[: len(data) // 2]
     elif damage == "garbage":
         data = bytearray(b"not a cache" * 10)
-    else:  # the images are most of the file; torch does not check zip CRCs of mmapped data
-        data[len(data) // 2] ^= 0xFF
+    elif damage == "zeroed_page":  # mid-file is image data, which torch does not CRC-check when mmapped
+        mid = len(data) // 2
+        data[mid:mid + 4096] = bytes(4096)
+    else:
+        at = data.index(b'"nbytes": ') + len(b'"nbytes": ')  # the meta JSON, inside the pickle
+        data[at] = ord("9") if data[at] != ord("9") else ord("8")
     file.write_bytes(bytes(data))
     with pytest.warns(CacheWarning, match="corrupt or stale data cache"):
         again = read_age_gender_csv(SAMPLE, cache_dir=tmp_path)

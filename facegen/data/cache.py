@@ -11,7 +11,7 @@ The file is ``torch.save`` of plain data ({"meta": json str, "images": uint8 ten
 "labels": {column: tensor or list of str}}) so it loads with ``weights_only=True`` (no pickled
 code) and ``mmap=True`` (no copy). It is written to a temp file, fsync'ed and renamed into place,
 so a reader never sees half a file; a truncated or damaged one (unreadable zip, meta digest,
-shapes, head/tail checksums) is reported with a warning, deleted and rebuilt, never trusted.
+shapes, sampled image checksums) is reported with a warning, deleted and rebuilt, never trusted.
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ from facegen.data.base import FaceDataset
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the cache file or of what a reader stores changes: old files are ignored.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 DEFAULT_CACHE_DIR = "data/cache"
 #: Bytes of image data at each end covered by the stored crc32 (catches truncation/garbage cheaply).
 _EDGE_BYTES = 1 << 16
+#: A prime just below the 4 KiB page size: the sampled checksum reads at least one byte of every page.
+_PAGE_STRIDE = 4093
 
 
 class CacheWarning(UserWarning):
@@ -132,9 +134,14 @@ def _decode_labels(cols: dict[str, Any], spec: list[list[str]], n: int) -> pd.Da
     return pd.DataFrame(data, index=pd.RangeIndex(n)) if data else pd.DataFrame(index=pd.RangeIndex(n))
 
 
-def _edges_crc(flat: torch.Tensor) -> list[int]:
+def _images_crc(flat: torch.Tensor) -> list[int]:
+    """crc32 of the first and last 64 KiB and of one byte in every 4 KiB page of the image data.
+
+    ~1 ms instead of ~40 ms for all 55 MB: catches truncation and zeroed or overwritten pages,
+    not a single flipped bit (the price of a millisecond load).
+    """
     b = flat.numpy()
-    return [zlib.crc32(b[:_EDGE_BYTES]), zlib.crc32(b[-_EDGE_BYTES:])]
+    return [zlib.crc32(b[:_EDGE_BYTES]), zlib.crc32(b[-_EDGE_BYTES:]), zlib.crc32(b[::_PAGE_STRIDE].copy())]
 
 
 # -- save / load -----------------------------------------------------------------------------
@@ -146,7 +153,7 @@ def save_cache(file: Path, dataset: FaceDataset, key: dict[str, Any], extra: dic
     images = dataset.images.contiguous()
     cols, spec = _encode_labels(dataset.labels)
     meta = {"format": CACHE_FORMAT, "key": key, "shape": list(images.shape), "nbytes": images.numel(),
-            "edges_crc": _edges_crc(images.view(-1)), "columns": spec, "name": dataset.name,
+            "images_crc": _images_crc(images.view(-1)), "columns": spec, "name": dataset.name,
             "extra": extra}
     meta["digest"] = _digest(meta)
     tmp_name = None
@@ -197,7 +204,7 @@ def load_cache(file: Path, key: dict[str, Any]) -> tuple[FaceDataset, dict[str, 
         if (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != shape
                 or images.numel() != meta["nbytes"]):
             raise ValueError(f"images are not uint8 {shape}")
-        if _edges_crc(images.view(-1)) != meta["edges_crc"]:
+        if _images_crc(images.view(-1)) != meta["images_crc"]:
             raise ValueError("image data checksum mismatch")
         labels = _decode_labels(obj["labels"], meta["columns"], shape[0])
         return FaceDataset(images, labels, meta["name"]), meta["extra"]
