@@ -248,17 +248,20 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> float | None:
         t = self.cfg.trainer
-        if self.finished:
-            if self.is_main:
-                print(f"[facegen] {self.resumed_from} is a finished run (epoch {self.epoch}, step {self.step}); "
-                      "nothing to do. Raise trainer.epochs / trainer.max_steps to train on.", flush=True)
-            return self._return_value()
-        previous = self._install_signal_handlers()
-        anomaly = torch.autograd.set_detect_anomaly(True) if t.detect_anomaly else contextlib.nullcontext()
-        profiler = self._profiler() if t.profile_steps else contextlib.nullcontext()
         max_steps = int(t.max_steps) if t.max_steps else None
         max_time = float(t.max_time) if t.max_time else None
         epochs = int(t.epochs)
+        if self.resumed_from and (self.epoch >= epochs or (max_steps is not None and self.step >= max_steps)
+                                  or (max_time is not None and self.elapsed >= max_time)):
+            if self.is_main:
+                print(f"[facegen] {self.resumed_from} is a finished run (epoch {self.epoch}, step {self.step}, "
+                      f"{self.elapsed:.0f} s); nothing to do. Raise trainer.epochs, trainer.max_steps or "
+                      "trainer.max_time to train on.", flush=True)
+            return self._return_value()
+        self.finished = False
+        previous = self._install_signal_handlers()
+        anomaly = torch.autograd.set_detect_anomaly(True) if t.detect_anomaly else contextlib.nullcontext()
+        profiler = self._profiler() if t.profile_steps else contextlib.nullcontext()
         n_batches = len(self.data.train_batches(0, self.rank, self.world_size))
         total = n_batches * epochs if max_steps is None else min(max_steps, n_batches * epochs)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.is_main and t.progress_bar),
@@ -484,7 +487,7 @@ class Trainer:
             self.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
         self.batch_in_epoch, self.elapsed = int(ckpt["batch_in_epoch"]), float(ckpt["elapsed"])
-        self.finished = bool(ckpt.get("finished")) and str(resume) == "auto"
+        self.finished = bool(ckpt.get("finished"))
         self.history = dict(ckpt.get("metrics", {}))
         self.logger_run_id = ckpt.get("logger_run_id")
         set_rng_state(ckpt["rng"])
