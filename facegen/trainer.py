@@ -329,6 +329,9 @@ class Trainer:
         for sched in self.schedulers.values():
             sched.step()
         record = {"epoch": self.epoch, "step": self.step, **self.validate()}
+        every = self.cfg.trainer.eval_every
+        if every and self.epoch % int(every) == 0:
+            record.update(self.evaluate_quality())
         self.history.update(record)
         if self.is_main:
             self._write_record(record)
@@ -337,6 +340,41 @@ class Trainer:
         self._save("last.pt")
         self._save(f"epoch_{self.epoch:03d}.pt")
         self._prune_epoch_checkpoints()
+        self._keep_best(record)
+
+    def _keep_best(self, record: dict[str, Any]) -> None:
+        key = self.cfg.trainer.best_metric
+        if not key or key not in record:
+            return
+        best = self.history.get(f"best/{key}")
+        if best is None or record[key] < best:
+            self.history[f"best/{key}"] = record[key]
+            self._save("best.pt")
+
+    @torch.no_grad()
+    def evaluate_quality(self) -> dict[str, Any]:
+        """FD, KID, precision/recall and sharpness of fresh samples against the validation faces.
+
+        Runs under a forked RNG, so evaluating never changes the training run's random stream.
+        """
+        from facegen.metrics import default_feature_net, quick_metrics
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if getattr(self, "_feature_net", None) is None:
+                self._feature_net = default_feature_net(self.data, cache_dir=self.cfg.paths.cache_dir,
+                                                        path=self.cfg.metrics.feature_net, device=self.device)
+            n = int(self.cfg.metrics.num_samples)
+            g = torch.Generator().manual_seed(int(self.cfg.seed) + 1)
+            self.model.eval()
+            decoder = self.ema.module if self.ema is not None else self.model.decoder
+            fake = torch.cat([self.model.to_unit(decoder(torch.randn(len(c), self.model.latent_dim, generator=g)
+                                                          .to(self.device)))
+                              for c in torch.arange(n).split(256)])
+            self.model.train()
+            real = self.data.val.images if len(self.data.val) else self.data.train.images
+            values = quick_metrics(fake.cpu(), real[:n], self._feature_net, max_samples=n,
+                                   seed=int(self.cfg.seed), device=self.device)
+        return {f"metrics/{k}": v for k, v in values.items()}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -396,7 +434,8 @@ class Trainer:
 
     def _write_record(self, record: dict[str, Any]) -> None:
         self.metrics_file.write({"time": round(self.elapsed, 3), **record})
-        self.logger.log_metrics({k: v for k, v in record.items() if k != "step"}, record["step"])
+        self.logger.log_metrics({k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},
+                                record["step"])
 
     @torch.no_grad()
     def save_grids(self, name: str) -> dict[str, Path]:

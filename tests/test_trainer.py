@@ -211,3 +211,23 @@ def test_equilibrium_gate_rules():
     assert equilibrium_gate(1.5, 0.7, 0.68, 0.35) == (False, True)   # D too weak: rest decoder's GAN
     assert equilibrium_gate(0.1, 1.5, 0.68, 0.35) == (True, True)    # never both
     assert VAEGANLoss(pixel_weight=1.0, pixel_warmup_steps=10).pixel_factor(5) == pytest.approx(0.5)
+
+
+def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
+    from facegen.data import draw_faces
+    from facegen.metrics import save_feature_net, train_feature_net
+
+    images, labels = draw_faces(200, seed=3)
+    net_file = save_feature_net(train_feature_net(images, labels, steps=5, batch_size=32, seed=0),
+                                tmp_path / "facenet.pt")
+    cfg = tiny_cfg("trainer.epochs=2", "trainer.eval_every=1", f"metrics.feature_net={net_file}",
+                   "metrics.num_samples=40", "trainer.best_metric=metrics/fd_facenet",
+                   "optimized_metric=metrics/fd_facenet")
+    value = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    records = [__import__("json").loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "metrics/fd_facenet" in r]
+    assert len(epochs) == 2 and all(r["metrics/precision"] >= 0 for r in epochs)
+    assert value == pytest.approx(epochs[-1]["metrics/fd_facenet"])
+    best = read_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["metrics"]["metrics/fd_facenet"] == pytest.approx(min(r["metrics/fd_facenet"] for r in epochs))

@@ -1,0 +1,199 @@
+"""Measure facegen against the seed project's pipeline, side by side in one run; prints one JSON object.
+
+    python scripts/benchmark.py [--device cpu|cuda] [--quick]
+
+- data: the seed's pandas `apply(split)` CSV parse vs facegen's cold parse vs its cached load
+  (scripts/benchmark_data.py), and the FER2013 folder read cold and cached;
+- training throughput (images/s after warm-up, median of several windows) of the same model
+  (`seed_vae`, `loss=vae`, Adam, batch 100): a faithful replica of the seed's pipeline (pandas
+  per-item Dataset + DataLoader, float32) vs facegen's trainer with its fast path; and the default
+  VAE-GAN preset at its default batch size. Each runs in a fresh process, so peak memory is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _windows(step, warmup: int, windows: int, steps_per_window: int, batch: int, sync) -> dict:
+    """Images/s of `step()` over timed windows after warm-up: the median and all windows."""
+    for _ in range(warmup):
+        step()
+    sync()
+    rates = []
+    for _ in range(windows):
+        t = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        sync()
+        rates.append(batch * steps_per_window / (time.perf_counter() - t))
+    return {"img_per_s": round(statistics.median(rates), 1), "windows": [round(r, 1) for r in rates]}
+
+
+def _peak_memory_mb(device) -> dict:
+    import torch
+
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def worker_seed_pipeline(device_name: str, csv_path: str, quick: bool) -> dict:
+    """The seed project's training loop, restated: pandas apply(split), iloc per item, float32."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from facegen.data.synthetic import draw_faces  # noqa: F401  (import cost paid by both sides)
+    from facegen.models.decoders import SeedDecoder
+    from facegen.models.encoders import SeedEncoder
+
+    device = torch.device(device_name)
+    df = pd.read_csv(csv_path)
+    df["pixels"] = df["pixels"].apply(lambda s: np.array(s.split(), dtype="float32"))
+
+    class SeedDataset(Dataset):  # the seed's: one row at a time through iloc
+        def __init__(self, frame):
+            self.frame = frame
+            self.to_tensor = transforms.ToTensor()
+
+        def __len__(self):
+            return len(self.frame)
+
+        def __getitem__(self, i):
+            img = self.frame.iloc[i]["pixels"].reshape(48, 48) / 255.0
+            return self.to_tensor(img.astype("float32"))
+
+    loader = DataLoader(SeedDataset(df), batch_size=100, shuffle=True, drop_last=True)
+    enc, dec = SeedEncoder().to(device), SeedDecoder().to(device)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            x = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x = next(it)
+        x = x.to(device)
+        mu, logvar = enc(x)
+        recon = dec(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
+        bce = torch.nn.functional.binary_cross_entropy(recon, x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (bce + kld) / x.shape[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    res = _windows(step, 5, 3 if quick else 5, 10 if quick else 30, 100, sync)
+    return {**res, **_peak_memory_mb(device)}
+
+
+def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: int | None) -> dict:
+    """facegen's own trainer step, on its fast path (resident uint8 data, channels_last, ...)."""
+    import torch
+
+    from tests.conftest import compose_config
+
+    device = torch.device(device_name)
+    over = [f"trainer.device={device_name}", "trainer.progress_bar=false", "logger=none",
+            "data.num_images=4000", *overrides]
+    if batch:
+        over.append(f"data.batch_size={batch}")
+    cfg = compose_config("train", over, output_dir=Path("/tmp/facegen-bench"))
+    from facegen.trainer import Trainer
+
+    tr = Trainer(cfg)
+    batches = tr.data.train_batches(0)
+    bs = tr.data.batch_size
+    state = {"i": 0}
+
+    def step():
+        idx = batches[state["i"] % (len(batches) - 1)]  # full batches only
+        state["i"] += 1
+        tr._accumulate(tr.train_step(tr._batch(idx)))
+        tr.step += 1
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warm = 10 if tr.compiled else 5
+    res = _windows(step, warm, 3 if quick else 5, 10 if quick else 30, bs, sync)
+    return {**res, "batch_size": bs, "channels_last": tr.channels_last, "compiled": tr.compiled,
+            "precision": str(tr.amp_dtype or "float32"), **_peak_memory_mb(device)}
+
+
+def _run_worker(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smaller files and fewer timing windows")
+    parser.add_argument("--skip-data", action="store_true", help="training throughput only")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        kind, *rest = args.worker
+        quick = args.quick
+        if kind == "seed":
+            print(json.dumps(worker_seed_pipeline(args.device, rest[0], quick)))
+        else:
+            batch = 100 if kind == "facegen_seed" else None
+            print(json.dumps(worker_facegen(args.device, rest, quick, batch)))
+        return
+
+    import torch
+
+    from benchmark_data import BENCH_DIR, DEFAULT_FER, benchmark_data, build_age_gender_csv
+
+    result: dict = {
+        "machine": {
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
+    }
+    if not args.skip_data:
+        result["data"] = benchmark_data(quick=args.quick)
+    csv_path = build_age_gender_csv(DEFAULT_FER, 2000 if args.quick else 23705, BENCH_DIR)
+    flags = ["--quick"] if args.quick else []
+    dev = ["--device", args.device]
+    seed = _run_worker([*dev, *flags, "--worker", "seed", str(csv_path)])
+    fast = _run_worker([*dev, *flags, "--worker", "facegen_seed", "model=seed_vae", "loss=vae",
+                        "optimizer.lr=1e-3", "optimizer.betas=[0.9,0.999]"])
+    vaegan = _run_worker([*dev, *flags, "--worker", "facegen_vaegan"])
+    result["training"] = {
+        "seed_pipeline_seed_vae_batch100": seed,
+        "facegen_seed_vae_batch100": fast,
+        "facegen_default_vaegan": vaegan,
+    }
+    if "img_per_s" in seed and "img_per_s" in fast:
+        result["training"]["speedup_seed_vae"] = round(fast["img_per_s"] / seed["img_per_s"], 2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
