@@ -134,6 +134,7 @@ def test_image_size_64_and_3_channels(subset, tmp_path):
     up = F.resize(gray.images, [64, 64], antialias=True)
     assert (rgb.images[:, :1].int() - up.int()).abs().max() <= 1
     pd.testing.assert_frame_equal(rgb.labels, gray.labels)
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 2, "each size/channels variant keeps its cache"
 
 
 def _save(path: Path, array: np.ndarray, **options) -> None:

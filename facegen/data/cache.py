@@ -8,7 +8,7 @@ and one memory-mapped ``torch.load``. A content hash of the source is computed o
 cache is built, and stored in it for provenance (``meta["content_hash"]``).
 
 The file is ``torch.save`` of plain data ({"meta": json str, "images": uint8 tensor,
-"labels": {column: tensor or list of str}}) so it loads with ``weights_only=True`` (no pickled
+"labels": {column: tensor, or all its text as one str}}) so it loads with ``weights_only=True`` (no pickled
 code) and ``mmap=True`` (no copy). It is written to a temp file, fsync'ed and renamed into place,
 so a reader never sees half a file; a truncated or damaged one (unreadable zip, meta digest,
 shapes, sampled image checksums) is reported with a warning, deleted and rebuilt, never trusted.
@@ -77,14 +77,18 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def cache_path(cache_dir: str | os.PathLike | None, kind: str, source: Path, key: dict[str, Any]) -> Path:
-    """``<cache_dir>/<kind>-<source name>-<hash of abs path>-<hash of key>.pt``.
+def cache_path(cache_dir: str | os.PathLike | None, kind: str, source: Path, key: dict[str, Any],
+               variant: dict[str, Any] | None = None) -> Path:
+    """``<cache_dir>/<kind>-<source name>-<hash of abs path + variant>-<hash of key>.pt``.
 
-    The path hash groups every version of one source, so stale versions can be removed.
+    The middle hash groups the versions (sizes, mtimes) of one source read one way (``variant``:
+    e.g. image size and channels), so stale versions can be removed without touching the caches
+    of the same source read another way.
     """
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name)[:40] or "root"
-    src = hashlib.blake2b(str(source.resolve()).encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
-    return resolve_cache_dir(cache_dir) / f"{kind}-{stem}-{src}-{_digest([CACHE_FORMAT, key])[:16]}.pt"
+    group = hashlib.blake2b(json.dumps([str(source.resolve()), variant], sort_keys=True).encode(
+        "utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return resolve_cache_dir(cache_dir) / f"{kind}-{stem}-{group}-{_digest([CACHE_FORMAT, key])[:16]}.pt"
 
 
 # -- labels as plain columns ------------------------------------------------------------------

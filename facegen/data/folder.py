@@ -255,9 +255,10 @@ def read_image_folder(path: str | os.PathLike, image_size: int = 48, channels: i
     if not entries:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or its "
                         "subfolders; check data.path.")
+    variant = {"image_size": int(image_size), "channels": int(channels)}
     key = {"reader": "folder", "version": READER_VERSION, "root": str(root.resolve()), "files": len(entries),
-           "listing": listing_digest(entries), "image_size": int(image_size), "channels": int(channels)}
-    file = cache_path(cache_dir, "folder", root, key)
+           "listing": listing_digest(entries), **variant}
+    file = cache_path(cache_dir, "folder", root, key, variant)
     dataset, meta = cached_dataset(
         file, key, lambda: _decode_folder(root, entries, int(image_size), int(channels), skip_bad, num_workers))
     skipped = meta["skipped"]
