@@ -1,0 +1,51 @@
+"""Every fast-path switch gives the same losses as the plain path, within its numeric tolerance."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facegen.trainer import Trainer
+
+PLAIN = ["trainer.channels_last=false", "trainer.data_on_device=false", "trainer.precision=32",
+         "trainer.compile=false", "loss.equilibrium=null"]
+
+
+def _losses(tiny_cfg, *switch: str, steps: int = 3) -> list[dict[str, float]]:
+    plain = [o for o in PLAIN if "loss=vae" not in switch or not o.startswith("loss.")]
+    tr = Trainer(tiny_cfg(*plain, *switch))
+    out = []
+    for idx in tr.data.train_batches(0)[:steps]:
+        values = tr.train_step(tr._batch(idx))
+        out.append({k: float(v.detach()) for k, v in values.items() if k.startswith("loss/")})
+    tr.close()
+    return out
+
+
+@pytest.mark.parametrize("switch,rtol", [
+    (["trainer.channels_last=true"], 1e-3),
+    (["trainer.data_on_device=true"], 0.0),
+    (["trainer.precision=bf16-mixed"], 5e-2),
+    (["trainer.compile=true", "trainer.compile_backend=aot_eager"], 1e-3),
+])
+def test_switch_matches_the_plain_path(tiny_cfg, switch, rtol):
+    plain = _losses(tiny_cfg)
+    fast = _losses(tiny_cfg, *switch)
+    for step, (a, b) in enumerate(zip(plain, fast)):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=rtol, abs=1e-5 if rtol else 0), f"step {step} {k}"
+
+
+def test_vae_fast_path_matches_too(tiny_cfg):
+    plain = _losses(tiny_cfg, "model=seed_vae", "loss=vae")
+    fast = _losses(tiny_cfg, "model=seed_vae", "loss=vae", "trainer.channels_last=true", "trainer.data_on_device=true")
+    for a, b in zip(plain, fast):
+        assert b["loss/total"] == pytest.approx(a["loss/total"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_inductor_compile_matches(tiny_cfg):
+    plain = _losses(tiny_cfg)
+    fast = _losses(tiny_cfg, "trainer.compile=true", "trainer.compile_backend=inductor")
+    for a, b in zip(plain, fast):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5)
