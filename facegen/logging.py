@@ -59,6 +59,94 @@ class CSVLogger(Logger):
         os.replace(tmp, self.path)
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+# overrides that say how a job runs, not what it is: kept out of W&B run names
+NOT_IN_RUN_NAME = ("trainer.resume",)
+
+
+def hydra_job_identity() -> tuple[str | None, str | None]:
+    """(run name, group) of the current Hydra job: its overrides, and the sweep dir in a multirun.
+
+    Both are None outside a Hydra run (hydra.compose in tests, a notebook), where HydraConfig is unset.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    overrides = sorted(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in NOT_IN_RUN_NAME)
+    group = str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return ",".join(overrides) or None, group
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    """sqlite:/// URL of a study file (Optuna's storage), creating its folder: sqlite won't, and fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+class WandbLogger(Logger):
+    """Weights & Biases, offline by default: each job's run lives in <run dir>/wandb/, `wandb sync` uploads it.
+
+    A resumed job passes the run id stored in its checkpoint, so W&B continues the same run (one curve).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike = ".", config: Mapping | None = None,
+                 run_id: str | None = None, *, project: str = "facegen", entity: str | None = None,
+                 mode: str | None = "offline", name: str | None = None, group: str | None = None,
+                 tags: list[str] | tuple[str, ...] | None = None, job_type: str | None = None,
+                 log_checkpoint: bool = False, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(run_dir, config, run_id)
+        mode = (mode or "offline").strip().lower()  # an empty WANDB_MODE counts as unset
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode (or WANDB_MODE) must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+        if os.environ.get("WANDB_MODE", None) == "":
+            del os.environ["WANDB_MODE"]  # wandb itself rejects an empty WANDB_MODE even when mode is given
+        import wandb
+
+        config = dict(config or {})
+        job_name, job_group = hydra_job_identity()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_checkpoint = bool(log_checkpoint)
+        self.run = wandb.init(
+            project=project, entity=entity, mode=mode, dir=str(self.run_dir), config=config,
+            name=name or job_name or config.get("task_name"), group=group or job_group,
+            tags=[str(t) for t in (tags if tags is not None else config.get("tags") or [])],
+            job_type=job_type, id=run_id, resume="allow" if run_id else None,
+            settings=wandb.Settings(**dict(settings or {})))
+        self.run_id = self.run.id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log(dict(metrics), step=int(step))
+
+    def log_images(self, images: Mapping[str, str | os.PathLike], step: int) -> None:
+        import wandb
+
+        self.run.log({name: wandb.Image(str(path), caption=Path(path).stem) for name, path in images.items()},
+                     step=int(step))
+
+    def log_artifact(self, path: str | os.PathLike, name: str, kind: str = "model") -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Closes the run (also after an error), so the next job of a multirun gets a run of its own."""
+        if self.run is None:
+            return
+        try:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            if self.log_checkpoint and exit_code == 0 and last.is_file():
+                self.log_artifact(last, f"checkpoint-{self.run_id}", "model")
+        finally:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
 class JSONLWriter:
     """Appends one JSON object per line; the trainer's metrics.jsonl."""
 

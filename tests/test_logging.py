@@ -1,0 +1,246 @@
+"""The loggers: W&B offline runs read back with wandb's own reader, resume, errors, config wiring."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+from facegen.logging import CSVLogger, WandbLogger, hydra_job_identity, sqlite_url
+from tests.conftest import CONF, compose_config
+
+
+@pytest.fixture
+def wandb_env(monkeypatch, tmp_path):
+    """No prompts, no network, and wandb's caches (artifact staging too) inside the test's tmp dir."""
+    home = tmp_path / "wandb_home"
+    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(var, str(home / sub))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT", "WANDB_DIR", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(var, raising=False)
+    return wandb_subprocess_env(home)
+
+
+def wandb_subprocess_env(home: Path) -> dict[str, str]:
+    """The environment for a `python -m facegen.train` child: W&B quiet and sandboxed, never online."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_SILENT="true", WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"))
+    return env
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    """The offline run folders W&B wrote under <run dir>/wandb/, oldest first."""
+    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+
+def wandb_records(offline_run: Path) -> list[dict]:
+    """Every record of the run's .wandb transaction log, decoded by wandb's own reader.
+
+    The reader behind `wandb leet inspect --json RUN_DIR`, called as that command calls it, without
+    the CLI's own start-up (seconds of imports per call).
+    """
+    from wandb.util import get_core_path
+
+    (log,) = Path(offline_run).glob("run-*.wandb")
+    out = subprocess.run([get_core_path(), "leet", "inspect", "--json", "--no-observability", "--run-file", str(log),
+                          str(log.parent.parent)], capture_output=True, text=True, timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def run_record(records: list[dict]) -> dict:
+    return next(r["run"] for r in records if r["type"] == "run")
+
+
+def history(records: list[dict]) -> list[dict]:
+    return [r["history"] for r in records if r["type"] == "history"]
+
+
+def history_keys(records: list[dict]) -> set[str]:
+    return {k.split(".")[0] for h in history(records) for k in h["item"]}
+
+
+def exit_code(records: list[dict]) -> int:
+    return next(r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit")
+
+
+def config_of(records: list[dict]) -> dict:
+    """The run config as W&B stores it: {key: value}, with nested dicts kept nested."""
+    cfg = run_record(records)["config"]["update"]
+    return {k: v for k, v in cfg.items() if k != "_wandb"}
+
+
+def png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+    return path
+
+
+CONFIG = {"task_name": "train", "tags": ["unit"], "loss": {"kl_weight": 0.5, "gamma": 0.01},
+          "model": {"encoder": {"widths": [8, 8]}}}
+
+
+def test_offline_run_holds_config_metrics_and_images(wandb_env, tmp_path):
+    logger = WandbLogger(tmp_path / "run", CONFIG, None)
+    assert logger.run_id
+    for step in (2, 4):
+        logger.log_metrics({"loss/kl": 1.0 / step, "gate/discriminator": 1.0, "epoch": step / 4}, step)
+    logger.log_metrics({"val/loss": 3.5}, 4)
+    logger.log_images({"samples": png(tmp_path / "run" / "samples" / "epoch_001.png")}, 4)
+    logger.finish(0)
+
+    (run,) = offline_runs(tmp_path / "run")
+    assert run.name.endswith(logger.run_id)
+    records = wandb_records(run)
+    meta = run_record(records)
+    assert meta["project"] == "facegen" and meta["tags"] == ["unit"]
+    assert meta["display_name"] == "train"  # no Hydra job: the task name
+    assert "run_group" not in meta  # a single run is in no group
+    assert config_of(records)["loss"] == {"kl_weight": 0.5, "gamma": 0.01}  # nested, not flattened
+    assert config_of(records)["model"]["encoder"]["widths"] == [8, 8]
+    rows = {h["step"].get("num", 0): h["item"] for h in history(records)}
+    assert rows[2]["loss/kl"] == 0.5
+    assert rows[4]["loss/kl"] == 0.25 and rows[4]["val/loss"] == 3.5  # same step: one row
+    assert rows[4]["samples._type"] == "image-file"
+    assert (run / "files" / rows[4]["samples.path"]).is_file()
+    assert exit_code(records) == 0
+
+
+def test_resume_continues_the_same_run(wandb_env, tmp_path):
+    first = WandbLogger(tmp_path / "run", CONFIG, None)
+    first.log_metrics({"loss/kl": 1.0}, 1)
+    first.finish(143)  # stopped by SIGTERM
+    time.sleep(1.1)  # offline dirs are named by the second they start in: a real resume is later anyway
+    second = WandbLogger(tmp_path / "run", CONFIG, first.run_id)
+    second.log_metrics({"loss/kl": 0.5}, 2)
+    second.finish(0)
+
+    assert second.run_id == first.run_id
+    runs = offline_runs(tmp_path / "run")
+    assert len(runs) == 2 and all(r.name.endswith(first.run_id) for r in runs)  # `wandb sync` joins them
+    resumed = wandb_records(runs[1])
+    assert run_record(resumed)["run_id"] == first.run_id and run_record(resumed)["resume"] is True
+    assert exit_code(wandb_records(runs[0])) == 143 and exit_code(resumed) == 0
+
+
+def test_finish_after_error_closes_the_run_once(wandb_env, tmp_path):
+    import wandb
+
+    logger = WandbLogger(tmp_path / "run", CONFIG, None)
+    logger.finish(1)
+    logger.finish(1)  # train()'s finally may call it again: a no-op
+    assert wandb.run is None  # the next job of a multirun starts a run of its own
+    assert exit_code(wandb_records(offline_runs(tmp_path / "run")[0])) == 1
+
+
+@pytest.mark.parametrize("exit_status, uploaded", [(0, True), (1, False)])
+def test_final_checkpoint_is_an_artifact_only_when_asked_and_finished(wandb_env, tmp_path, exit_status, uploaded):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    logger = WandbLogger(run_dir, CONFIG, None, log_checkpoint=True)
+    logger.finish(exit_status)
+    artifacts = [r["artifact"] for r in wandb_records(offline_runs(run_dir)[0]) if r["type"] == "artifact"]
+    assert [(a["type"], a["name"]) for a in artifacts] == ([("model", f"checkpoint-{logger.run_id}")] if uploaded
+                                                          else [])
+
+
+def test_disabled_mode_writes_nothing(wandb_env, tmp_path):
+    logger = WandbLogger(tmp_path / "run", CONFIG, None, mode="disabled")
+    logger.log_metrics({"loss/kl": 1.0}, 1)
+    logger.finish(0)
+    assert offline_runs(tmp_path / "run") == []
+
+
+def test_bad_mode_is_a_clear_error(wandb_env, tmp_path):
+    with pytest.raises(ValueError, match="logger.mode .*WANDB_MODE.* got 'cloud'"):
+        WandbLogger(tmp_path / "run", CONFIG, None, mode="cloud")
+
+
+@pytest.mark.parametrize("env, override, expected", [
+    (None, None, "offline"),            # the default: no account, no network
+    ("", None, ""),                     # an empty WANDB_MODE: the logger reads '' as unset (offline)
+    ("online", None, "online"),         # WANDB_MODE picks it
+    ("online", "offline", "offline"),   # the command line wins over WANDB_MODE
+    (None, "disabled", "disabled"),
+])
+def test_mode_comes_from_the_command_line_then_wandb_mode(monkeypatch, tmp_path, env, override, expected):
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    cfg = compose_config("train", ["logger=wandb"] + ([f"logger.mode={override}"] if override else []),
+                         output_dir=tmp_path)
+    assert cfg.logger.mode == expected
+
+
+def test_empty_wandb_mode_env_does_not_break_wandb(wandb_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "")  # wandb itself rejects '' even when given a mode
+    cfg = compose_config("train", ["logger=wandb"], output_dir=tmp_path)
+    from hydra.utils import instantiate
+
+    logger = instantiate(cfg.logger)(run_dir=tmp_path / "run", config=CONFIG, run_id=None)
+    logger.finish(0)
+    assert len(offline_runs(tmp_path / "run")) == 1
+
+
+def test_wandb_is_the_default_and_the_config_resolves_without_a_hydra_run(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_config("train", [], output_dir=tmp_path)
+    assert cfg.logger._target_ == "facegen.logging.WandbLogger"
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # what the trainer hands the logger
+    assert resolved["logger"]["mode"] == "offline"
+    assert resolved["logger"]["name"] is None and resolved["logger"]["group"] is None
+    assert resolved["logger"]["tags"] == resolved["tags"]
+
+
+@pytest.mark.parametrize("mode, group", [("RUN", None), ("MULTIRUN", "outputs/multirun/sweep")])
+def test_run_name_and_group_come_from_the_hydra_job(mode, group):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["optimizer.lr=0.001", "loss.kl_weight=0.5", "trainer.resume=auto"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = mode
+        cfg.hydra.sweep.dir = "outputs/multirun/sweep"
+    try:
+        HydraConfig.instance().set_config(cfg)
+        # sorted as in hydra.job.override_dirname; trainer.resume says how the job runs, not what it is
+        assert hydra_job_identity() == ("loss.kl_weight=0.5,optimizer.lr=0.001", group)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert hydra_job_identity() == (None, None)
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2 on SQLAlchemy 1.4
+def test_sqlite_url_creates_the_study_folder(tmp_path):
+    import optuna
+
+    url = sqlite_url(tmp_path / "optuna" / "study.db")
+    assert url == f"sqlite:///{tmp_path}/optuna/study.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+
+
+def test_csv_logger_appends_across_a_resume(tmp_path):
+    first = CSVLogger(tmp_path, {}, None)
+    first.log_metrics({"loss/kl": 1.0}, 1)
+    second = CSVLogger(tmp_path, {}, None)
+    second.log_metrics({"loss/kl": 0.5, "val/loss": 2.0}, 2)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["loss/kl"], r["val/loss"]) for r in rows] == [("1", "1.0", ""), ("2", "0.5", "2.0")]
