@@ -15,9 +15,24 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (DataError, CheckpointError, TrainingError)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run_or_explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an entry point; a user error prints one line and exits 2.
+
+    In a multirun the error is re-raised after the message instead: Hydra then marks that job
+    failed and goes on with the others (and Optuna marks the trial failed), so one bad job
+    never loses the rest of a sweep.
+    """
     try:
         return fn(*args, **kwargs)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if _in_multirun():
+            raise
         raise SystemExit(2) from None

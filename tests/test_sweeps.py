@@ -81,8 +81,6 @@ def test_a_failed_job_does_not_lose_the_other_jobs(tmp_path):
     assert exit_code(good_records) == 0 and "loss/kl" in history_keys(good_records)
 
 
-@pytest.mark.xfail(strict=True, reason="facegen.cli.run_or_explain turns a TrainingError into SystemExit(2), which "
-                   "Hydra's run_job does not catch: the multirun stops at the diverged job")
 def test_a_job_stopped_by_a_training_error_does_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     # feature_layer=99 is a TrainingError at the first step, as a NaN loss would be
