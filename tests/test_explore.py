@@ -186,8 +186,12 @@ def test_interpolate_cli_between_dataset_faces(tiny_ckpt, tmp_path):
     assert len(val) == TINY_VAL
     mu, _ = ex.encode(loaded.model, val.images[[2, 17]])
     ends = ex.decode(loaded.model, mu)
-    torch.testing.assert_close(frames[0, 0], ends[0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(frames[0, -1], ends[1], rtol=0, atol=1e-5)
+    # another process may pick other CPU kernels (float differences ~1e-3 seen in a loaded full
+    # suite); the 1e-5 equality of endpoints is checked in-process in test_interpolate_random_pairs.
+    # Here: the CLI took faces 2 and 17, i.e. each end is far closer to its own face than the other.
+    torch.testing.assert_close(frames[0, 0], ends[0], rtol=0, atol=5e-3)
+    torch.testing.assert_close(frames[0, -1], ends[1], rtol=0, atol=5e-3)
+    assert (frames[0, 0] - ends[1]).abs().mean() > 10 * (frames[0, 0] - ends[0]).abs().mean()
     gif = Image.open(out / "interpolation.gif")
     assert gif.n_frames == 2 * 6 - 2 and gif.size == (4 * 48, 4 * 48)  # there and back, 4x upscaled
     assert gif.info["loop"] == 0
