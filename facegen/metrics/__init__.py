@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from facegen.metrics.distances import (
+    _as_float64,
+    _chunk_rows,
     frechet_distance,
     frechet_distance_from_stats,
     gaussian_stats,
@@ -118,10 +120,33 @@ def quick_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np.n
     }
 
 
+def nearest_neighbours(query_feats: torch.Tensor | np.ndarray, reference_feats: torch.Tensor | np.ndarray,
+                       k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances [Q, k] float64, indices [Q, k]) of each query's k nearest reference features, closest first.
+
+    How a person checks that samples are new faces rather than copies of training faces: a copy has
+    a training face at distance ~0 (float64, so round-off stays ~1e-7 of the feature norm). Chunked
+    like the PRDC distances, so a 30k-face training set fits in memory.
+    """
+    query = _as_float64(query_feats, "nearest_neighbours query")
+    ref = _as_float64(reference_feats, "nearest_neighbours reference")
+    if not 1 <= int(k) <= ref.shape[0]:
+        raise ValueError(f"nearest_neighbours: k={k} but {ref.shape[0]} reference features")
+    dists, index = [], []
+    step = _chunk_rows(ref.shape[0])
+    for i in range(0, query.shape[0], step):
+        d, j = torch.cdist(query[i:i + step], ref).topk(int(k), dim=1, largest=False, sorted=True)
+        dists.append(d)
+        index.append(j)
+    if not dists:
+        return torch.empty(0, int(k), dtype=torch.float64), torch.empty(0, int(k), dtype=torch.long)
+    return torch.cat(dists), torch.cat(index)
+
+
 __all__ = [
     "FeatureNet", "FeatureNetError", "InceptionFeatures", "as_float01", "compute_metrics", "default_feature_net",
     "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats", "kernel_distance",
-    "laplacian_variance", "load_feature_net", "precision_recall_density_coverage", "quick_metrics",
-    "radial_log_spectrum", "reconstruction_metrics", "save_feature_net", "sharpness_ratio", "spectral_distance",
-    "train_feature_net", "weights_hash",
+    "laplacian_variance", "load_feature_net", "nearest_neighbours", "precision_recall_density_coverage",
+    "quick_metrics", "radial_log_spectrum", "reconstruction_metrics", "save_feature_net", "sharpness_ratio",
+    "spectral_distance", "train_feature_net", "weights_hash",
 ]
