@@ -199,3 +199,18 @@ def test_a_truncated_folder_cache_is_rebuilt(subset, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_image_folder(subset, cache_dir=tmp_path / "c")
+
+
+def test_a_folder_of_png_files_only(tmp_path):
+    """No JPEG in a chunk must not reach decode_jpeg([]) (which raises on an empty list)."""
+    import torch
+    from torchvision.io import write_png
+
+    from facegen.data.folder import read_image_folder
+
+    for i in range(3):
+        write_png((torch.arange(40 * 40, dtype=torch.int64).view(1, 40, 40) * (i + 1) % 256).to(torch.uint8),
+                  str(tmp_path / f"face{i}.png"))
+    ds = read_image_folder(tmp_path, image_size=48, channels=1, cache_dir=tmp_path / "cache")
+    assert ds.images.shape == (3, 1, 48, 48) and ds.images.dtype == torch.uint8
+    assert ds.images[0].float().std() > 0

@@ -143,7 +143,8 @@ def _decode_chunk(datas: list[bytes], errors: list[str | None], image_size: int,
     jpeg = [i for i, d in enumerate(datas)
             if errors[i] is None and d[:3] == b"\xff\xd8\xff" and len(d) <= _BATCH_DECODE_BYTES]
     try:
-        for i, img in zip(jpeg, decode_jpeg([tensors[i] for i in jpeg], mode=mode, apply_exif_orientation=True)):
+        batch = decode_jpeg([tensors[i] for i in jpeg], mode=mode, apply_exif_orientation=True) if jpeg else []
+        for i, img in zip(jpeg, batch):
             images[i] = _to_square(_fix_channels(img, channels), image_size)
         done = set(jpeg)
     except RuntimeError:  # one bad JPEG fails the batch: decode them one by one to find it
