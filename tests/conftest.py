@@ -16,7 +16,9 @@ SEED_CKPT = SHARED / "seed" / "VAE_epoch_100.pth"
 FER = SHARED / "data" / "fer2013"
 SAMPLE_CSV = SHARED / "data" / "age_gender_sample.csv"
 
-torch.set_num_threads(2)
+# One torch thread for the suite: its tiny networks gain nothing from a second one, and on a
+# busy 2-core machine two threads spin-waiting on each other made tests ~10x slower.
+torch.set_num_threads(1)
 
 
 def compose_config(config_name: str = "train", overrides: list[str] | None = None,

@@ -42,15 +42,6 @@ TINY_VAL = 24  # the tiny run's 96 faces with val_fraction 0.25
 SEED_DATA = ["data=synthetic", "data.num_images=120", "data.val_fraction=0.25"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads wait on each other (~10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_ema_ckpt(tmp_path_factory) -> Path:
     """A tiny dcgan VAE-GAN, 2 epochs on 96 synthetic faces, with a decoder EMA far from its raw decoder."""
@@ -66,13 +57,9 @@ def tiny_ema_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_net(tmp_path_factory) -> Path:
-    """A small feature net (40 steps on other synthetic faces), so no test trains the 3-minute default.
-    One thread set here too: session fixtures run before the module's one_thread fixture."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """A small feature net (40 steps on other synthetic faces), so no test trains the 3-minute default."""
     images, labels = draw_faces(160, 48, seed=5, channels=1)
     net = train_feature_net(images, labels, steps=40, batch_size=32, seed=0, widths=(8, 16, 32, 32), embed_dim=32)
-    torch.set_num_threads(before)
     return save_feature_net(net, tmp_path_factory.mktemp("facenet") / "facenet.pt")
 
 

@@ -28,15 +28,6 @@ SEED_DATA = ["data=synthetic", "data.num_images=120", "data.val_fraction=0.25"]
 TINY_VAL = 24  # 96 faces, val_fraction 0.25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads wait on each other (~10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny dcgan VAE-GAN trained for 2 epochs on 96 synthetic faces (latent 8)."""

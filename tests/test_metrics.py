@@ -35,15 +35,6 @@ TINY_NET = {"widths": (8, 16, 32, 32), "embed_dim": 32}
 HALF = 600
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs gain nothing from a second thread, and on a busy 2-core machine its waits cost ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def faces():
     """Synthetic faces: 384 to train the feature net on, and two disjoint real halves to compare."""
