@@ -70,14 +70,14 @@ def test_each_network_is_stepped_with_its_own_objective_only(tiny_cfg):
 
 
 def test_vae_loss_builds_no_discriminator_and_learns(tiny_cfg):
-    cfg = tiny_cfg("model=seed_vae", "loss=vae", "trainer.epochs=3", "model.latent_dim=8")
+    cfg = tiny_cfg("model=seed_vae", "loss=vae", "trainer.epochs=6", "model.latent_dim=8", "optimizer.lr=1e-3")
     value = train(cfg)
     run = Path(cfg.paths.output_dir)
     ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
     assert "discriminator" not in ckpt["model"] and "discriminator" not in ckpt["optimizers"]
     lines = [__import__("json").loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     rec = [r["loss/reconstruction"] for r in lines if "loss/reconstruction" in r]
-    assert rec[-1] < rec[0]
+    assert sum(rec[-3:]) < 0.95 * sum(rec[:3])  # the seed's lr 1e-3: the ELBO falls within 30 steps
     assert value == pytest.approx(lines[-1]["val/loss"])
 
 
