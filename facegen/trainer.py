@@ -241,9 +241,23 @@ class Trainer:
         return out
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.loss.needs_discriminator:
-            return self._step_vaegan(x)
-        return self._step_vae(x)
+        step = self._step_vaegan if self.loss.needs_discriminator else self._step_vae
+        if not self.compiled:
+            return step(x)
+        try:
+            return step(x)
+        except Exception as e:  # compilation fails lazily, at the first call: fall back to eager
+            if str(self.cfg.trainer.compile) == "true" and not self._compile_fallback_ok():
+                raise
+            print(f"[facegen] torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "training on without it (trainer.compile=false)", flush=True)
+            self.calls = {n: getattr(m, "_orig_mod", m) for n, m in self.calls.items()}
+            self.compiled = False
+            return step(x)
+
+    def _compile_fallback_ok(self) -> bool:
+        """An explicit trainer.compile=true falls back too, unless compile_fallback=false asks to fail."""
+        return bool(self.cfg.trainer.get("compile_fallback", True))
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> float | None:

@@ -49,3 +49,21 @@ def test_inductor_compile_matches(tiny_cfg):
     for a, b in zip(plain, fast):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5)
+
+
+def test_a_failing_compile_falls_back_to_eager(tiny_cfg, capsys):
+    """A backend that cannot compile (here: one that raises) must not stop training."""
+    import torch._dynamo
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    from torch._dynamo import register_backend
+    register_backend(name="facegen_test_broken", compiler_fn=broken_backend)
+    plain = _losses(tiny_cfg, steps=2)
+    fallback = _losses(tiny_cfg, "trainer.compile=true", "trainer.compile_backend=facegen_test_broken", steps=2)
+    assert "training on without it" in capsys.readouterr().out
+    for a, b in zip(plain, fallback):
+        assert b["loss/kl"] == pytest.approx(a["loss/kl"], rel=1e-6)
+    torch._dynamo.reset()
