@@ -109,15 +109,18 @@ def worker_seed_pipeline(device_name: str, csv_path: str, quick: bool) -> dict:
 def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: int | None) -> dict:
     """facegen's own trainer step, on its fast path (resident uint8 data, channels_last, ...)."""
     import torch
-
-    from tests.conftest import compose_config
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     device = torch.device(device_name)
     over = [f"trainer.device={device_name}", "trainer.progress_bar=false", "logger=none",
             "data.num_images=4000", *overrides]
     if batch:
         over.append(f"data.batch_size={batch}")
-    cfg = compose_config("train", over, output_dir=Path("/tmp/facegen-bench"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", over)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/facegen-bench"
     from facegen.trainer import Trainer
 
     tr = Trainer(cfg)
