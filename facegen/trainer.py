@@ -96,6 +96,7 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.nets = {n: getattr(self.model, n) for n in NETWORKS if getattr(self.model, n) is not None}
+        self._params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.nets.items()}
         self.optimizers, self.schedulers = build_optimizers(
             cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda")
         self.ema = None
@@ -132,6 +133,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._log_t0 = time.monotonic()
         self._log_images_seen = 0
+        self._batches_per_epoch = 1  # set by fit(); the epoch fraction in logs
 
         self.resumed_from = self._resume()
         self.logger = None
@@ -226,7 +228,7 @@ class Trainer:
             real_cost, fake_cost = loss.gate_costs(l_real, l_prior).tolist()
             train_dec_gan, train_dis = equilibrium_gate(real_cost, fake_cost, loss.equilibrium, loss.margin)
         self._zero_grad()
-        params = {n: [p for p in self.nets[n].parameters() if p.requires_grad] for n in self.nets}
+        params = self._params
         losses["encoder"].backward(inputs=params["encoder"], retain_graph=True)
         decoder_loss = losses["decoder"] + losses["decoder_gan"] if train_dec_gan else losses["decoder"]
         decoder_loss.backward(inputs=params["decoder"], retain_graph=train_dis)
@@ -276,7 +278,7 @@ class Trainer:
         previous = self._install_signal_handlers()
         anomaly = torch.autograd.set_detect_anomaly(True) if t.detect_anomaly else contextlib.nullcontext()
         profiler = self._profiler() if t.profile_steps else contextlib.nullcontext()
-        n_batches = len(self.data.train_batches(0, self.rank, self.world_size))
+        n_batches = self._batches_per_epoch = len(self.data.train_batches(0, self.rank, self.world_size))
         total = n_batches * epochs if max_steps is None else min(max_steps, n_batches * epochs)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.is_main and t.progress_bar),
                    desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -438,8 +440,8 @@ class Trainer:
         record["perf/img_per_s"] = self._log_images_seen / max(now - self._log_t0, 1e-9)
         for name, opt in self.optimizers.items():
             record[f"lr/{name}"] = opt.param_groups[0]["lr"]
-        record.update({"epoch": self.epoch + self.batch_in_epoch / max(1, len(
-            self.data.train_batches(self.epoch, self.rank, self.world_size))), "step": self.step})
+        record.update({"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch),
+                       "step": self.step})
         self._acc, self._acc_steps, self._log_images_seen, self._log_t0 = {}, 0, 0, now
         if self.is_main:
             self._write_record(record)
