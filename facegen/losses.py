@@ -103,7 +103,7 @@ class VAEGANLoss:
 
     kl_weight: float = 1.0
     gamma: float = 1e-2
-    feature_layer: int = 3
+    feature_layer: int | None = None
     equilibrium: float | None = 0.68
     margin: float = 0.35
     pixel_weight: float = 0.0

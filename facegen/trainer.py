@@ -97,6 +97,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.nets = {n: getattr(self.model, n) for n in NETWORKS if getattr(self.model, n) is not None}
         self._params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.nets.items()}
+        self._feature_layer = None
+        if self.loss.needs_discriminator:  # loss.feature_layer=null: the discriminator's own choice
+            fl = getattr(self.loss, "feature_layer", None)
+            self._feature_layer = self.model.discriminator.default_feature_layer if fl is None else int(fl)
         self.optimizers, self.schedulers = build_optimizers(
             cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda")
         self.ema = None
@@ -214,7 +218,7 @@ class Trainer:
             z = self.model.reparameterize(mu, logvar)
             z_prior = torch.randn_like(z)
             generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
-            logits, feats = self.calls["discriminator"](torch.cat([x, generated]), loss.feature_layer)
+            logits, feats = self.calls["discriminator"](torch.cat([x, generated]), self._feature_layer)
         if feats is None:
             raise TrainingError(f"loss.feature_layer={loss.feature_layer} is not a layer of the discriminator "
                                 f"(it has layers 0..{unwrap(self.model.discriminator).num_layers - 1})")

@@ -54,8 +54,10 @@ TINY_WIDTHS = {
 def tiny_overrides(*extra: str) -> list[str]:
     """TINY, with later overrides of the same key winning (Hydra refuses duplicates)."""
     preset = next((o.split("=", 1)[1] for o in extra if o.startswith("model=")), "dcgan")
+    data = next((o.split("=", 1)[1] for o in extra if o.startswith("data=")), "synthetic")
+    tiny = [o for o in TINY if data == "synthetic" or not o.startswith("data.num_images")]
     merged: dict[str, str] = {}
-    for o in [*TINY, *TINY_WIDTHS.get(preset, []), *extra]:
+    for o in [*tiny, *TINY_WIDTHS.get(preset, []), *extra]:
         merged[o.split("=", 1)[0]] = o
     return list(merged.values())
 

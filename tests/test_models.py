@@ -87,3 +87,10 @@ def test_discriminator_returns_the_chosen_layer():
     assert shapes == [(2, 16, 48, 48), (2, 32, 24, 24), (2, 64, 12, 12), (2, 64, 6, 6), (2, 256)]
     assert dis(x, None)[1] is None
     assert isinstance(dis.layers[0][0], nn.Conv2d)
+
+
+def test_each_discriminator_names_its_default_feature_layer():
+    """loss.feature_layer=null picks it: the paper's last conv for dcgan, the last block for resnet."""
+    for preset, layer in (("dcgan", 3), ("resnet", 2)):
+        dis = build_model(compose_config("train", [f"model={preset}"]).model).discriminator
+        assert dis.default_feature_layer == layer and dis.default_feature_layer < dis.num_layers

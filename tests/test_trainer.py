@@ -1,6 +1,7 @@
 """The training loop: gradient routing, resume bit for bit (kill -9, SIGINT), NaN stop, time budget."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ def test_each_network_is_stepped_with_its_own_objective_only(tiny_cfg):
     mu, logvar = m.encoder(x)
     z = m.reparameterize(mu, logvar)
     gen = m.decoder(torch.cat([z, torch.randn_like(z)]))
-    logits, feats = m.discriminator(torch.cat([x, gen]), loss.feature_layer)
+    logits, feats = m.discriminator(torch.cat([x, gen]), tr._feature_layer)
     lr_, lrec, lp = logits.split(b)
     losses, terms = loss.per_network_losses(x=x, recon=gen[:b], mu=mu, logvar=logvar, logits_real=lr_,
                                             logits_recon=lrec, logits_prior=lp, feats_real=feats[:b],
@@ -231,3 +232,19 @@ def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg
     assert value == pytest.approx(epochs[-1]["metrics/fd_facenet"])
     best = read_checkpoint(run / "checkpoints" / "best.pt")
     assert best["metrics"]["metrics/fd_facenet"] == pytest.approx(min(r["metrics/fd_facenet"] for r in epochs))
+
+
+@pytest.mark.parametrize("extra", [
+    ("model=resnet", "loss.kl_weight=0.5"),
+    ("data=age_gender", "data.path=" + str(ROOT.parent / "shared" / "data" / "age_gender_sample.csv"), "data.limit=64"),
+    ("optimizer=rmsprop",),
+])
+def test_readme_training_variants_run_one_tiny_epoch(tiny_cfg, extra):
+    if any("age_gender_sample" in e for e in extra) and not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data is absent")
+    cfg = tiny_cfg(*extra)
+    value = train(cfg)
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    assert ckpt["finished"] and ckpt["epoch"] == 1 and value is not None and math.isfinite(value)
+    if "optimizer=rmsprop" in extra:  # the paper's decay: 0.75 per epoch
+        assert ckpt["optimizers"]["encoder"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 0.75)

@@ -50,6 +50,11 @@ class DCGANDiscriminator(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def default_feature_layer(self) -> int:
+        """The last conv layer (before the FC), the paper's choice of Dis_l."""
+        return len(self.layers) - 2
+
     def forward(self, x: torch.Tensor, feature_layer: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = None
@@ -83,6 +88,11 @@ class ResNetDiscriminator(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def default_feature_layer(self) -> int:
+        """The last residual block, the deepest spatial features."""
+        return len(self.layers) - 1
 
     def forward(self, x: torch.Tensor, feature_layer: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
