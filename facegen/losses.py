@@ -72,6 +72,16 @@ def equilibrium_gate(real_cost: float, fake_cost: float, equilibrium: float, mar
     return train_dec, train_dis
 
 
+def equilibrium_gate_tensor(costs: torch.Tensor, equilibrium: float, margin: float
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`equilibrium_gate` on the device, from ``costs = [real_cost, fake_cost]``: two float 0/1
+    tensors (train_decoder_gan, train_discriminator), with no host sync (the CUDA fast path)."""
+    train_dis = (costs >= equilibrium - margin).all()
+    train_dec = (costs <= equilibrium + margin).all()
+    neither = ~(train_dis | train_dec)
+    return (train_dec | neither).float(), (train_dis | neither).float()
+
+
 # -- objectives ----------------------------------------------------------------------------------
 @dataclass
 class VAELoss:
@@ -133,12 +143,12 @@ class VAEGANLoss:
         terms = {"kl": kl, "feature_reconstruction": llike, "gan_generator": gen, "gan_discriminator": dis}
         encoder = self.kl_weight * kl + llike
         decoder = self.gamma * llike
-        w = self.pixel_factor(step)
-        if w > 0:
-            pixel = mse_reconstruction(recon, x)
-            terms["pixel"] = pixel
-            encoder = encoder + w * pixel
-            decoder = decoder + w * pixel
+        if self.pixel_weight > 0:  # logged for the whole run (fixed keys), used while its weight is > 0
+            pixel = terms["pixel"] = mse_reconstruction(recon, x)
+            w = self.pixel_factor(step)
+            if w > 0:
+                encoder = encoder + w * pixel
+                decoder = decoder + w * pixel
         losses = {"encoder": encoder, "decoder": decoder, "decoder_gan": gen, "discriminator": dis}
         return losses, terms
 

@@ -28,7 +28,7 @@ from facegen import distributed as dist
 from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, find_latest_checkpoint,
                                 load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
 from facegen.logging import JSONLWriter
-from facegen.losses import VAEGANLoss, equilibrium_gate
+from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor
 from facegen.models.vaegan import VAEGAN, build_model
 from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
 
@@ -103,6 +103,11 @@ class Trainer:
             self._feature_layer = self.model.discriminator.default_feature_layer if fl is None else int(fl)
         self.optimizers, self.schedulers = build_optimizers(
             cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda")
+        # the equilibrium gate without a host sync needs a fused discriminator optimizer (CUDA's
+        # fused Adam skips a step on its found_inf flag); elsewhere the gate is read on the host
+        dis_opt = self.optimizers.get("discriminator")
+        self._gate_on_device = bool(dis_opt is not None and dis_opt.defaults.get("fused")
+                                    and self.device.type == "cuda")
         self.ema = None
         if t.ema_decay:
             self.ema = AveragedModel(self.model.decoder, multi_avg_fn=get_ema_multi_avg_fn(float(t.ema_decay)),
@@ -111,7 +116,8 @@ class Trainer:
         self.calls = dist.wrap(self.nets, self.device) if self.world_size > 1 else dict(self.nets)
         self.compiled = False
         if self._resolve_auto(t.compile, default=self.device.type == "cuda"):
-            self.calls = {n: torch.compile(m, backend=t.compile_backend) for n, m in self.calls.items()}
+            mode = t.get("compile_mode") or None
+            self.calls = {n: torch.compile(m, backend=t.compile_backend, mode=mode) for n, m in self.calls.items()}
             self.compiled = True
 
         on_device = self._resolve_auto(t.data_on_device, default=True)
@@ -131,9 +137,10 @@ class Trainer:
         self.finished = False
         self.history: dict[str, Any] = {}
         self.logger_run_id: str | None = None
-        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_keys: tuple[str, ...] | None = None  # what _acc and _first_bad hold, in order
+        self._acc = torch.zeros(0)
+        self._first_bad = torch.zeros(0, dtype=torch.long)  # per key: the first non-finite step, or -1
         self._acc_steps = 0
-        self._first_bad: dict[str, torch.Tensor] = {}
         self._stop_signal: int | None = None
         self._log_t0 = time.monotonic()
         self._log_images_seen = 0
@@ -171,17 +178,19 @@ class Trainer:
         return x
 
     def _accumulate(self, values: dict[str, torch.Tensor]) -> None:
-        """Sum the step's values on the device; no host sync until the next log."""
-        for k, v in values.items():
-            v = v.detach().float()
-            if k in self._acc:
-                self._acc[k] += v
-            else:
-                self._acc[k] = v.clone()
-            bad = self._first_bad.get(k)
-            if bad is None:
-                bad = self._first_bad[k] = torch.full((), -1, dtype=torch.long, device=v.device)
-            bad.copy_(torch.where((bad < 0) & ~torch.isfinite(v), torch.full_like(bad, self.step), bad))
+        """Sum the step's values on the device, stacked into one vector (a few kernels per step, not a
+        few per term); no host sync until the next log. A step's keys are fixed by the config."""
+        keys = tuple(values)
+        vec = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+        if self._acc_keys is None:
+            self._acc_keys, self._acc = keys, vec.clone()
+            self._first_bad = torch.full((len(keys),), -1, dtype=torch.long, device=vec.device)
+        elif keys != self._acc_keys:
+            raise RuntimeError(f"internal: the logged terms changed within a window: {self._acc_keys} -> {keys}")
+        else:
+            self._acc += vec
+        newly_bad = (self._first_bad < 0) & ~torch.isfinite(vec)
+        self._first_bad.masked_fill_(newly_bad, self.step)
         self._acc_steps += 1
 
     # -- one step -----------------------------------------------------------------------------------
@@ -227,13 +236,29 @@ class Trainer:
         losses, terms = loss.per_network_losses(
             x=x, recon=recon, mu=mu.float(), logvar=logvar.float(), logits_real=l_real, logits_recon=l_recon,
             logits_prior=l_prior, feats_real=feats[:b], feats_recon=feats[b:2 * b], step=self.step)
+        self._zero_grad()
+        params = self._params
+        losses["encoder"].backward(inputs=params["encoder"], retain_graph=True)
+        out = {f"loss/{k}": v for k, v in terms.items()}
+        if loss.equilibrium is not None and self._gate_on_device:
+            # no host sync: the decoder's GAN term is multiplied by its 0/1 gate, and a resting
+            # discriminator's fused optimizer step is skipped on the device (its found_inf flag)
+            dec_gate, dis_gate = equilibrium_gate_tensor(loss.gate_costs(l_real, l_prior), loss.equilibrium,
+                                                         loss.margin)
+            (losses["decoder"] + dec_gate * losses["decoder_gan"]).backward(inputs=params["decoder"],
+                                                                             retain_graph=True)
+            losses["discriminator"].backward(inputs=params["discriminator"])
+            self.optimizers["discriminator"].found_inf = 1.0 - dis_gate
+            try:
+                self._clip_and_step(["encoder", "decoder", "discriminator"])
+            finally:
+                del self.optimizers["discriminator"].found_inf
+            out["gate/decoder_gan"], out["gate/discriminator"] = dec_gate, dis_gate
+            return out
         train_dec_gan, train_dis = True, True
         if loss.equilibrium is not None:
             real_cost, fake_cost = loss.gate_costs(l_real, l_prior).tolist()
             train_dec_gan, train_dis = equilibrium_gate(real_cost, fake_cost, loss.equilibrium, loss.margin)
-        self._zero_grad()
-        params = self._params
-        losses["encoder"].backward(inputs=params["encoder"], retain_graph=True)
         decoder_loss = losses["decoder"] + losses["decoder_gan"] if train_dec_gan else losses["decoder"]
         decoder_loss.backward(inputs=params["decoder"], retain_graph=train_dis)
         stepped = ["encoder", "decoder"]
@@ -241,7 +266,6 @@ class Trainer:
             losses["discriminator"].backward(inputs=params["discriminator"])
             stepped.append("discriminator")
         self._clip_and_step(stepped)
-        out = {f"loss/{k}": v for k, v in terms.items()}
         out["gate/decoder_gan"] = torch.tensor(float(train_dec_gan), device=self.device)
         out["gate/discriminator"] = torch.tensor(float(train_dis), device=self.device)
         return out
@@ -426,13 +450,12 @@ class Trainer:
 
     # -- logging ---------------------------------------------------------------------------------------
     def _log(self, bar) -> None:
-        if not self._acc:
+        if self._acc_keys is None:
             return
-        keys = list(self._acc)
-        values = (torch.stack([self._acc[k] for k in keys]) / self._acc_steps).tolist()
+        keys = self._acc_keys
+        values = (self._acc / self._acc_steps).tolist()
         record = dict(zip(keys, values))
-        bad = {k: int(v) for k, v in zip(self._first_bad, torch.stack(list(self._first_bad.values())).tolist())
-               if v >= 0}
+        bad = {k: int(v) for k, v in zip(keys, self._first_bad.tolist()) if v >= 0}
         if bad:
             term, step = min(bad.items(), key=lambda kv: kv[1])
             last = self.ckpt_dir / "last.pt"
@@ -446,7 +469,7 @@ class Trainer:
             record[f"lr/{name}"] = opt.param_groups[0]["lr"]
         record.update({"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch),
                        "step": self.step})
-        self._acc, self._acc_steps, self._log_images_seen, self._log_t0 = {}, 0, 0, now
+        self._acc_keys, self._acc_steps, self._log_images_seen, self._log_t0 = None, 0, 0, now
         if self.is_main:
             self._write_record(record)
             short = {k.split("/")[-1][:12]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")}
@@ -499,10 +522,8 @@ class Trainer:
         }
 
     def _save(self, name: str) -> None:
-        if self._acc:  # never write weights that a non-finite loss has touched
-            bad = [v for v in self._first_bad.values()]
-            if bad and int(torch.stack(bad).max()) >= 0:
-                self._log(_NullBar())
+        if self._acc_keys is not None and int(self._first_bad.max()) >= 0:
+            self._log(_NullBar())  # raises: never write weights that a non-finite loss has touched
         if self.is_main:
             atomic_save(self.state_dict(), self.ckpt_dir / name)
         dist.barrier()

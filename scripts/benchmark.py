@@ -1,6 +1,7 @@
 """Measure facegen against the seed project's pipeline, side by side in one run; prints one JSON object.
 
-    python scripts/benchmark.py [--device cpu|cuda] [--quick]
+    python scripts/benchmark.py [--device cpu|cuda] [--quick] [--fer DIR] [--out FILE]
+                                [--variant NAME:OVERRIDE,OVERRIDE ...]
 
 - data: the seed's pandas `apply(split)` CSV parse vs facegen's cold parse vs its cached load
   (scripts/benchmark_data.py), and the FER2013 folder read cold and cached;
@@ -8,6 +9,9 @@
   (`seed_vae`, `loss=vae`, Adam, batch 100): a faithful replica of the seed's pipeline (pandas
   per-item Dataset + DataLoader, float32) vs facegen's trainer with its fast path; and the default
   VAE-GAN preset at its default batch size. Each runs in a fresh process, so peak memory is its own.
+- ``--variant NAME:OVERRIDES`` adds runs of the VAE-GAN with other settings (comma-separated Hydra
+  overrides), e.g. ``--variant b1024:data.batch_size=1024 --variant eager:trainer.compile=false``.
+- ``--out FILE`` also writes the JSON there after every stage, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
 
@@ -144,7 +148,7 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
 def _run_worker(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+        return {"error": "\n".join(out.stderr.strip().splitlines()[-6:]) or "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -153,6 +157,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="smaller files and fewer timing windows")
     parser.add_argument("--skip-data", action="store_true", help="training throughput only")
+    parser.add_argument("--fer", type=Path, default=None, help="the fer2013 folder (train/, validation/) "
+                        "the benchmark CSV is built from (default: ../shared/data/fer2013)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here after every stage")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDES",
+                        help="an extra VAE-GAN run with comma-separated overrides (repeatable)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -179,22 +188,35 @@ def main() -> None:
             "load_average": os.getloadavg(),
         },
     }
+    fer = args.fer or DEFAULT_FER
+
+    def emit() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+
     if not args.skip_data:
-        result["data"] = benchmark_data(quick=args.quick)
-    csv_path = build_age_gender_csv(DEFAULT_FER, 2000 if args.quick else 23705, BENCH_DIR)
+        result["data"] = benchmark_data(quick=args.quick, fer=fer)
+        emit()
+    csv_path = build_age_gender_csv(fer, 2000 if args.quick else 23705, BENCH_DIR)
     flags = ["--quick"] if args.quick else []
     dev = ["--device", args.device]
-    seed = _run_worker([*dev, *flags, "--worker", "seed", str(csv_path)])
-    fast = _run_worker([*dev, *flags, "--worker", "facegen_seed", "model=seed_vae", "loss=vae",
-                        "optimizer.lr=1e-3", "optimizer.betas=[0.9,0.999]"])
-    vaegan = _run_worker([*dev, *flags, "--worker", "facegen_vaegan"])
-    result["training"] = {
-        "seed_pipeline_seed_vae_batch100": seed,
-        "facegen_seed_vae_batch100": fast,
-        "facegen_default_vaegan": vaegan,
-    }
+    training = result["training"] = {}
+    seed = training["seed_pipeline_seed_vae_batch100"] = _run_worker([*dev, *flags, "--worker", "seed", str(csv_path)])
+    emit()
+    fast = training["facegen_seed_vae_batch100"] = _run_worker(
+        [*dev, *flags, "--worker", "facegen_seed", "model=seed_vae", "loss=vae", "optimizer.lr=1e-3",
+         "optimizer.betas=[0.9,0.999]"])
     if "img_per_s" in seed and "img_per_s" in fast:
-        result["training"]["speedup_seed_vae"] = round(fast["img_per_s"] / seed["img_per_s"], 2)
+        training["speedup_seed_vae"] = round(fast["img_per_s"] / seed["img_per_s"], 2)
+    emit()
+    training["facegen_default_vaegan"] = _run_worker([*dev, *flags, "--worker", "facegen_vaegan"])
+    emit()
+    for variant in args.variant:
+        name, _, overrides = variant.partition(":")
+        res = _run_worker([*dev, *flags, "--worker", "facegen_vaegan", *[o for o in overrides.split(",") if o]])
+        training[f"facegen_vaegan_{name}"] = {"overrides": overrides, **res}
+        emit()
     print(json.dumps(result, indent=2))
 
 

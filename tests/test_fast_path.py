@@ -67,3 +67,43 @@ def test_a_failing_compile_falls_back_to_eager(tiny_cfg, capsys):
     for a, b in zip(plain, fallback):
         assert b["loss/kl"] == pytest.approx(a["loss/kl"], rel=1e-6)
     torch._dynamo.reset()
+
+
+def _gated_run(tiny_cfg, on_device: bool, steps: int = 6) -> tuple[list[dict[str, float]], dict]:
+    """A few equilibrium-gated steps with fused Adam; the gate read on the host or kept on the device."""
+    from facegen.trainer import build_optimizers
+
+    # margin 0.05 makes the gate rest a network on most steps, so both branches are exercised
+    tr = Trainer(tiny_cfg("loss.equilibrium=0.68", "loss.margin=0.05", "trainer.compile=false"))
+    tr.optimizers, tr.schedulers = build_optimizers(tr.cfg.optimizer, tr.nets, 1, fused=True)
+    tr._gate_on_device = on_device
+    out = []
+    for idx in tr.data.train_batches(0)[:steps]:
+        values = tr.train_step(tr._batch(idx))
+        out.append({k: float(v.detach()) for k, v in values.items()})
+    weights = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.close()
+    return out, weights
+
+
+def test_gate_on_the_device_matches_the_host_gate(tiny_cfg):
+    """The sync-free gate (CUDA's fast path) takes the same decisions and leaves the same weights."""
+    host, w_host = _gated_run(tiny_cfg, on_device=False)
+    dev, w_dev = _gated_run(tiny_cfg, on_device=True)
+    gates = [(s["gate/decoder_gan"], s["gate/discriminator"]) for s in host]
+    assert {g for g in gates} & {(0.0, 1.0), (1.0, 0.0)}, f"the gate never rested a network: {gates}"
+    for step, (a, b) in enumerate(zip(host, dev)):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), f"step {step} {k}"
+    for k in w_host:
+        torch.testing.assert_close(w_dev[k], w_host[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_device_gate_agrees_with_the_host_gate_everywhere():
+    from facegen.losses import equilibrium_gate, equilibrium_gate_tensor
+
+    # values on either side of each threshold (0.33, 1.03); exactly on one, float32 and float64 may differ
+    for real in (0.1, 0.32, 0.34, 0.68, 1.02, 1.04, 1.5):
+        for fake in (0.1, 0.32, 0.34, 0.68, 1.02, 1.04, 1.5):
+            dec, dis = equilibrium_gate_tensor(torch.tensor([real, fake]), 0.68, 0.35)
+            assert (bool(dec), bool(dis)) == equilibrium_gate(real, fake, 0.68, 0.35), (real, fake)
