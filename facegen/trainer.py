@@ -108,6 +108,8 @@ class Trainer:
         dis_opt = self.optimizers.get("discriminator")
         self._gate_on_device = bool(dis_opt is not None and dis_opt.defaults.get("fused")
                                     and self.device.type == "cuda")
+        self._graph, self._graph_warmed, self._ema_in_step = None, 0, True
+        self._graphs = False  # set below, once the networks, optimizers and compile are known
         self.ema = None
         if t.ema_decay:
             self.ema = AveragedModel(self.model.decoder, multi_avg_fn=get_ema_multi_avg_fn(float(t.ema_decay)),
@@ -119,6 +121,12 @@ class Trainer:
             mode = t.get("compile_mode") or None
             self.calls = {n: torch.compile(m, backend=t.compile_backend, mode=mode) for n, m in self.calls.items()}
             self.compiled = True
+
+        blocker = self._cuda_graphs_blocker()
+        want_graphs = str(t.get("cuda_graphs", "auto")).lower()  # YAML gives a bool for true/false
+        if want_graphs == "true" and blocker:
+            raise TrainingError(f"trainer.cuda_graphs=true, but a step cannot be captured here: {blocker}")
+        self._graphs = want_graphs != "false" and blocker is None
 
         on_device = self._resolve_auto(t.data_on_device, default=True)
         images = self.data.train.images
@@ -165,7 +173,27 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # a captured CUDA graph must not keep autocast's cached weight casts (PyTorch's graph docs)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self._graphs)
+
+    def _cuda_graphs_blocker(self) -> str | None:
+        """Why a whole training step cannot be captured as one CUDA graph here (None: it can)."""
+        t, loss = self.cfg.trainer, self.loss
+        if self.device.type != "cuda":
+            return "not on CUDA"
+        if self.world_size > 1:
+            return "DistributedDataParallel"
+        if t.detect_anomaly or t.profile_steps:
+            return "anomaly detection or profiling"
+        if not all(o.defaults.get("fused") for o in self.optimizers.values()):
+            return "an optimizer without a fused CUDA step (use optimizer=adam)"
+        if getattr(loss, "equilibrium", None) is not None and not self._gate_on_device:
+            return "the equilibrium gate needs a host sync"
+        if getattr(loss, "pixel_weight", 0) and getattr(loss, "pixel_warmup_steps", 0):
+            return "loss.pixel_warmup_steps changes the step's constants every step"
+        if self.compiled and str(t.get("compile_mode")).lower() in ("reduce-overhead", "max-autotune"):
+            return "trainer.compile_mode already uses CUDA graphs"
+        return None
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.train_images[idx.to(self.train_images.device)].to(self.device, non_blocking=True)
@@ -204,7 +232,7 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), float(clip))
             self.optimizers[name].step()
-        if self.ema is not None and "decoder" in names:
+        if self.ema is not None and "decoder" in names and self._ema_in_step:
             self.ema.update_parameters(self.model.decoder)
 
     def _step_vae(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -270,14 +298,75 @@ class Trainer:
         out["gate/discriminator"] = torch.tensor(float(train_dis), device=self.device)
         return out
 
+    # -- CUDA graphs: the whole step (forward, backward, optimizer steps) replayed as one graph ----------
+    GRAPH_WARMUP = 3  # eager steps on a side stream before capture (cudnn/cublas workspaces, compilation)
+
+    def _graph_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step through the captured graph; captures it after GRAPH_WARMUP eager steps.
+
+        The data, the prior noise (CUDA's graph-safe generator) and every decision (the equilibrium
+        gate, found_inf) live on the device, so a replay needs nothing from the host but the batch.
+        The EMA update (it reads a counter on the host) runs after the replay.
+        """
+        if self._graph is None and self._graph_warmed < self.GRAPH_WARMUP:
+            # warming up on a side stream is PyTorch's capture recipe; autograd warns that the
+            # parameters' gradient accumulators were made on the default stream: expected here
+            torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self._eager_step(x)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._graph_warmed += 1
+            return out
+        if self._graph is None:
+            self._graph_x = x.clone()
+            groups = [g for o in self.optimizers.values() for g in o.param_groups]
+            for g in groups:
+                g["capturable"] = True       # fused Adam's kernels are the same; only capture checks it
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self._graph_out = self._eager_step(self._graph_x, ema=False)
+            finally:
+                for g in groups:
+                    g["capturable"] = False
+            self._graph = graph
+        self._graph_x.copy_(x)
+        self._graph.replay()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.decoder)
+        return self._graph_out
+
+    def _eager_step(self, x: torch.Tensor, ema: bool = True) -> dict[str, torch.Tensor]:
+        self._ema_in_step = ema
+        try:
+            return self._plain_step(x)
+        finally:
+            self._ema_in_step = True
+
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._graphs and x.shape[0] == self.data.batch_size:
+            try:
+                return self._graph_step(x)
+            except Exception as e:  # capture failed: say so, and train on without graphs
+                if self._graph is not None:
+                    raise
+                print(f"[facegen] CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "training on without it (trainer.cuda_graphs=false)", flush=True)
+                self._graphs = False
+                torch.cuda.synchronize(self.device)
+        return self._plain_step(x)
+
+    def _plain_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step run op by op (compiled networks included), falling back to eager if compiling fails."""
         step = self._step_vaegan if self.loss.needs_discriminator else self._step_vae
         if not self.compiled:
             return step(x)
         try:
             return step(x)
         except Exception as e:  # compilation fails lazily, at the first call: fall back to eager
-            if str(self.cfg.trainer.compile) == "true" and not self._compile_fallback_ok():
+            if str(self.cfg.trainer.compile).lower() == "true" and not self._compile_fallback_ok():
                 raise
             print(f"[facegen] torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "training on without it (trainer.compile=false)", flush=True)

@@ -7,7 +7,7 @@ import torch
 from facegen.trainer import Trainer
 
 PLAIN = ["trainer.channels_last=false", "trainer.data_on_device=false", "trainer.precision=32",
-         "trainer.compile=false", "loss.equilibrium=null"]
+         "trainer.compile=false", "loss.equilibrium=null", "trainer.cuda_graphs=false"]
 
 
 def _losses(tiny_cfg, *switch: str, steps: int = 3) -> list[dict[str, float]]:
@@ -107,3 +107,25 @@ def test_device_gate_agrees_with_the_host_gate_everywhere():
         for fake in (0.1, 0.32, 0.34, 0.68, 1.02, 1.04, 1.5):
             dec, dis = equilibrium_gate_tensor(torch.tensor([real, fake]), 0.68, 0.35)
             assert (bool(dec), bool(dis)) == equilibrium_gate(real, fake, 0.68, 0.35), (real, fake)
+
+
+def test_cuda_graphs_auto_is_off_on_cpu_and_true_says_why(tiny_cfg):
+    from facegen.trainer import TrainingError
+
+    tr = Trainer(tiny_cfg())
+    assert tr._graphs is False and tr._cuda_graphs_blocker() == "not on CUDA"
+    tr.close()
+    with pytest.raises(TrainingError, match="cuda_graphs=true.*not on CUDA"):
+        Trainer(tiny_cfg("trainer.cuda_graphs=true"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("preset", [[], ["model=seed_vae", "loss=vae"]])
+def test_cuda_graph_steps_match_eager_steps(tiny_cfg, preset):
+    """Warm-up, capture and replays give the eager path's losses (same seed, same batches)."""
+    cuda = ["trainer.device=cuda", "trainer.precision=32", "trainer.compile=false", *preset]
+    eager = _losses(tiny_cfg, *cuda, "trainer.cuda_graphs=false", steps=6)
+    graph = _losses(tiny_cfg, *cuda, "trainer.cuda_graphs=true", steps=6)
+    for step, (a, b) in enumerate(zip(eager, graph)):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5), f"step {step} {k}"
