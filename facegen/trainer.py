@@ -427,7 +427,7 @@ class Trainer:
                             raise _Stop()
                         if (out_of_steps or out_of_time) and not last_in_epoch:
                             self.finished = True
-                            self._save("last.pt")
+                            self._end_budget()
                             raise _Stop()
                         if self.step % int(t.checkpoint_every) == 0 and not last_in_epoch:
                             self._save("last.pt")
@@ -474,6 +474,17 @@ class Trainer:
         self._save(f"epoch_{self.epoch:03d}.pt")
         self._prune_epoch_checkpoints()
         self._keep_best(record)
+
+    def _end_budget(self) -> None:
+        """A run stopped mid-epoch by max_steps/max_time still ends like an epoch: validation losses
+        (what facegen.train returns to a sweep), sample and reconstruction grids, last.pt."""
+        record = {"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch), "step": self.step,
+                  **self.validate()}
+        self.history.update(record)
+        if self.is_main:
+            self._write_record(record)
+            self.logger.log_images(self.save_grids(f"step_{self.step:06d}"), self.step)
+        self._save("last.pt")
 
     def _keep_best(self, record: dict[str, Any]) -> None:
         key = self.cfg.trainer.best_metric

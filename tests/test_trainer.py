@@ -196,12 +196,18 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tiny_c
 
 
 def test_max_time_stops_close_to_the_budget_with_a_valid_checkpoint(tiny_cfg):
-    cfg = tiny_cfg("trainer.epochs=1000", "trainer.max_time=4")
+    cfg = tiny_cfg("trainer.epochs=1000", "trainer.max_time=4", "data.num_images=4000")  # no epoch ends
     t0 = time.monotonic()
-    train(cfg)
+    value = train(cfg)
     assert time.monotonic() - t0 < 4 + 8  # setup, warm-up and the final checkpoint included
-    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
-    assert ckpt["finished"] and 4 <= ckpt["elapsed"] < 6 and ckpt["epoch"] < 1000
+    run = Path(cfg.paths.output_dir)
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["finished"] and 4 <= ckpt["elapsed"] < 6 and ckpt["epoch"] == 0
+    # stopped mid-epoch, the run still ends like an epoch: validation losses (returned), grids
+    step = ckpt["step"]
+    assert value == pytest.approx(ckpt["metrics"]["val/loss"]) and value > 0
+    assert (run / "samples" / f"step_{step:06d}.png").is_file()
+    assert (run / "reconstructions" / f"step_{step:06d}.png").is_file()
 
 
 def test_equilibrium_gate_rules():
