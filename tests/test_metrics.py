@@ -29,7 +29,7 @@ from facegen.metrics import (
     spectral_distance,
     train_feature_net,
 )
-from facegen.metrics.features import DEGRADE_FACTORS, augment, degrade, label_targets, weights_hash
+from facegen.metrics.features import DEGRADATIONS, augment, degrade, label_targets, weights_hash
 
 TINY_NET = {"widths": (8, 16, 32, 32), "embed_dim": 32}
 HALF = 600
@@ -131,12 +131,22 @@ def test_augment_is_seeded_and_in_range(faces):
     assert torch.equal(v1, v2) and v1.shape == x.shape
     assert float(v1.min()) >= 0 and float(v1.max()) <= 1 and not torch.equal(v1, x)
     x = faces["a"][:64].float() / 255
-    d, level = degrade(x, torch.Generator().manual_seed(0))
-    assert set(level.tolist()) == set(range(len(DEGRADE_FACTORS)))
+    d, level = degrade(x.repeat(4, 1, 1, 1), torch.Generator().manual_seed(0))
+    x = x.repeat(4, 1, 1, 1)
+    assert set(level.tolist()) == set(range(len(DEGRADATIONS)))
     assert torch.equal(d[level == 0], x[level == 0])
     sharp = [float(laplacian_variance(d[level == i]).mean() / laplacian_variance(x[level == i]).mean())
-             for i in range(len(DEGRADE_FACTORS))]
-    assert sharp[0] == 1.0 and sharp[1] < 0.8 and sharp[3] < sharp[2] < sharp[1]
+             for i in range(len(DEGRADATIONS))]
+    kinds = [k for k, _ in DEGRADATIONS]
+    blur = [sharp[i] for i, k in enumerate(kinds) if k == "blur"]
+    noise = [sharp[i] for i, k in enumerate(kinds) if k == "noise"]
+    assert sharp[0] == 1.0 and blur[0] < 0.8 and blur[2] < blur[1] < blur[0]   # more blur, less detail
+    assert 1.2 < noise[0] < noise[1]                                            # noise adds grain
+    for i, k in enumerate(kinds):  # shuffled tiles: the same pixels, another arrangement
+        if k == "shuffle":
+            m = level == i
+            assert torch.equal(d[m].flatten(1).sort(1).values, x[m].flatten(1).sort(1).values)
+            assert not torch.equal(d[m], x[m])
 
 
 def test_default_feature_net_trains_once_then_uses_cache(faces, tmp_path):
