@@ -35,7 +35,7 @@ from tests.conftest import ROOT, SEED_CKPT, compose_config, tiny_overrides
 
 needs_seed = pytest.mark.skipif(not SEED_CKPT.is_file(), reason=f"{SEED_CKPT} is absent")
 KEYS = ["fd_facenet", "kid_facenet", "kid_facenet_std", "precision", "recall", "density", "coverage",
-        "sharpness_ratio", "spectral_distance", "recon_mse", "recon_psnr", "recon_ssim", "recon_feature_distance",
+        "fd_eigenfaces", "sharpness_ratio", "spectral_distance", "recon_mse", "recon_psnr", "recon_ssim", "recon_feature_distance",
         "feature_net_hash", "num_samples", "num_real"]
 TINY_VAL = 24  # the tiny run's 96 faces with val_fraction 0.25
 # The seed names no data: a few synthetic faces for it (30 of them held out).
@@ -78,7 +78,7 @@ def check_ranges(m: dict) -> None:
     assert list(m) == KEYS
     for key in ("precision", "recall", "coverage"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert m["density"] >= 0 and m["fd_facenet"] >= 0 and m["kid_facenet_std"] >= 0
+    assert m["density"] >= 0 and m["fd_facenet"] >= 0 and m["kid_facenet_std"] >= 0 and m["fd_eigenfaces"] > 0
     assert 0 < m["sharpness_ratio"] < 10 and m["spectral_distance"] > 0
     assert 0 < m["recon_mse"] < 1 and m["recon_psnr"] > 0 and -1 <= m["recon_ssim"] <= 1
     assert m["recon_feature_distance"] > 0

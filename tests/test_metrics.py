@@ -297,7 +297,7 @@ def test_compute_metrics_keys_and_values(net, faces):
     fake = blur(faces["b"], 1)
     out = compute_metrics(fake, faces["a"], net, kid_subsets=10)
     assert set(out) == {"fd_facenet", "kid_facenet", "kid_facenet_std", "precision", "recall", "density",
-                        "coverage", "sharpness_ratio", "spectral_distance", "feature_net_hash", "num_samples",
+                        "coverage", "fd_eigenfaces", "sharpness_ratio", "spectral_distance", "feature_net_hash", "num_samples",
                         "num_real"}
     assert out["feature_net_hash"] == net.hash and out["num_samples"] == HALF and out["num_real"] == HALF
     assert out["fd_facenet"] == pytest.approx(frechet_distance(extract_features(net, faces["a"]),
@@ -339,3 +339,29 @@ def test_fid_inception_from_a_local_weights_file(faces, tmp_path):
     assert out["fid_inception"] == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(FeatureNetError, match="no such InceptionV3"):
         InceptionFeatures(tmp_path / "missing.pt")
+
+
+def test_eigenface_distance_sees_structure_not_grain(faces):
+    """Real halves ~ noisy faces < blurred faces << shuffled tiles < uniform noise; matches a numpy PCA."""
+    from facegen.metrics import eigenface_distance
+    from facegen.metrics.features import _shuffle_tiles
+
+    a, b = blur(faces["a"], 0), blur(faces["b"], 0)
+    g = torch.Generator().manual_seed(0)
+    halves = eigenface_distance(b, a)
+    grain = eigenface_distance((b + 0.05 * torch.randn(b.shape, generator=g)).clamp(0, 1), a)
+    blurred = eigenface_distance(blur(faces["b"], 2), a)
+    shuffled = eigenface_distance(_shuffle_tiles(b, 8, g), a)
+    noise = eigenface_distance(torch.rand(b.shape, generator=g), a)
+    print("eigenface fd halves/grain/blur/shuffled/noise:", halves, grain, blurred, shuffled, noise)
+    assert grain < 2 * halves and halves < blurred < shuffled < noise and shuffled > 5 * halves
+    # the same number from a plain numpy PCA (SVD of the centred real faces) and scipy's Fréchet
+    from scipy import linalg
+
+    ra, fb = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
+    mean = ra.mean(0)
+    basis = np.linalg.svd(ra - mean, full_matrices=False)[2][:64].T
+    pa, pb = (ra - mean) @ basis, (fb - mean) @ basis
+    m1, m2, s1, s2 = pa.mean(0), pb.mean(0), np.cov(pa, rowvar=False), np.cov(pb, rowvar=False)
+    ref = float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
+    assert halves == pytest.approx(ref, rel=1e-3)

@@ -35,6 +35,7 @@ from facegen.metrics.features import (
     weights_hash,
 )
 from facegen.metrics.image_stats import (
+    eigenface_distance,
     laplacian_variance,
     radial_log_spectrum,
     reconstruction_metrics,
@@ -61,7 +62,7 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
     """All metrics of samples against real faces (and of reconstructions against their inputs).
 
     Keys: fd_<net>, kid_<net>, kid_<net>_std, precision, recall, density, coverage,
-    sharpness_ratio, spectral_distance, feature_net_hash, num_samples, num_real; the recon_* keys
+    fd_eigenfaces, sharpness_ratio, spectral_distance, feature_net_hash, num_samples, num_real; the recon_* keys
     when `recon01` and `real_for_recon01` are given; fid_inception when `inception` (a module or
     a local InceptionV3 weights file) is given. Images are uint8 or float in [0, 1].
     """
@@ -77,6 +78,7 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
         f"kid_{name}": kid,
         f"kid_{name}_std": kid_std,
         **precision_recall_density_coverage(f_real, f_fake, k),
+        "fd_eigenfaces": eigenface_distance(fake, real),
         "sharpness_ratio": sharpness_ratio(fake, real),
         "spectral_distance": spectral_distance(fake, real),
     }
@@ -145,8 +147,8 @@ def nearest_neighbours(query_feats: torch.Tensor | np.ndarray, reference_feats: 
 
 __all__ = [
     "FeatureNet", "FeatureNetError", "InceptionFeatures", "as_float01", "compute_metrics", "default_feature_net",
-    "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats", "kernel_distance",
-    "laplacian_variance", "load_feature_net", "nearest_neighbours", "precision_recall_density_coverage",
-    "quick_metrics", "radial_log_spectrum", "reconstruction_metrics", "save_feature_net", "sharpness_ratio",
-    "spectral_distance", "train_feature_net", "weights_hash",
+    "eigenface_distance", "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
+    "kernel_distance", "laplacian_variance", "load_feature_net", "nearest_neighbours",
+    "precision_recall_density_coverage", "quick_metrics", "radial_log_spectrum", "reconstruction_metrics",
+    "save_feature_net", "sharpness_ratio", "spectral_distance", "train_feature_net", "weights_hash",
 ]

@@ -101,3 +101,29 @@ def reconstruction_metrics(real01: torch.Tensor | np.ndarray, recon01: torch.Ten
         fx = extract_features(feature_net, recon, batch_size, device).double()
         out["recon_feature_distance"] = float((fr - fx).norm(dim=1).mean())
     return out
+
+
+def eigenface_distance(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np.ndarray,
+                       components: int = 64) -> float:
+    """Fréchet distance in the space of the real faces' top principal components ("eigenfaces").
+
+    No learned network: the real faces' own pixel PCA. It measures face *structure* at the scales
+    that carry most of the variance (head shape, hair, eyes, mouth): blurry faces keep it and stay
+    close; structureless blobs or noise do not. A counterweight to the learned feature net, which
+    weighs blur heavily (docs/metrics.md). Compare only at the same number of real faces.
+    """
+    from facegen.metrics.distances import frechet_distance
+
+    fake, real = as_float01(fake01).flatten(1).double(), as_float01(real01).flatten(1).double()
+    if fake.shape[1] != real.shape[1]:
+        raise ValueError(f"eigenface distance needs samples and real faces of one size, got "
+                         f"{fake.shape[1]} and {real.shape[1]} values per image")
+    q = min(int(components), real.shape[0] - 1, real.shape[1])
+    mean = real.mean(0, keepdim=True)
+    # the top-q eigenvectors of the real faces' D x D covariance (D = 2304 at 48 px): one float32 eigh,
+    # a few times faster than an SVD of the N x D matrix; the projections are float64
+    centred = real - mean
+    cov = (centred.T.float() @ centred.float()) / max(1, real.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov)
+    basis = vecs[:, -q:].double()
+    return frechet_distance((real - mean) @ basis, (fake - mean) @ basis)
