@@ -7,7 +7,7 @@ parameter and a table of the jobs sorted by that metric.
     python scripts/report.py DIR --metric val/recon_mse --out /tmp/report
 
 Everything is read from the files the trainer and Hydra write: metrics.jsonl, samples/epoch_*.png,
-reconstructions/epoch_*.png, .hydra/overrides.yaml and .hydra/config.yaml. Writes into DIR/report/
+reconstructions/epoch_*.png (and the step_*.png of a run stopped mid-epoch), .hydra/overrides.yaml and .hydra/config.yaml. Writes into DIR/report/
 unless --out is given, and prints the path of every file it wrote.
 """
 from __future__ import annotations
@@ -89,12 +89,13 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def epoch_images(run_dir: Path, kind: str) -> list[tuple[str, Path]]:
-    """(label, path) of <run dir>/<kind>/epoch_*.png, at most MAX_GRIDS, evenly spaced, last one kept."""
-    paths = sorted((run_dir / kind).glob("epoch_*.png"))
+    """(label, path) of <run dir>/<kind>/epoch_*.png, then the step_*.png a run stopped by its budget
+    mid-epoch writes last; at most MAX_GRIDS, evenly spaced, last one kept."""
+    paths = sorted((run_dir / kind).glob("epoch_*.png")) + sorted((run_dir / kind).glob("step_*.png"))
     if len(paths) > MAX_GRIDS:
         idx = sorted({round(i * (len(paths) - 1) / (MAX_GRIDS - 1)) for i in range(MAX_GRIDS)})
         paths = [paths[i] for i in idx]
-    return [(f"epoch {int(p.stem.split('_')[-1])}", p) for p in paths]
+    return [(f"{p.stem.split('_')[0]} {int(p.stem.split('_')[-1])}", p) for p in paths]
 
 
 # -- drawing ---------------------------------------------------------------------------------------------

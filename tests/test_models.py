@@ -84,7 +84,7 @@ def test_discriminator_returns_the_chosen_layer():
     dis = build_model(cfg.model).discriminator.eval()
     x = torch.rand(2, 1, 48, 48)
     shapes = [tuple(dis(x, i)[1].shape) for i in range(dis.num_layers)]
-    assert shapes == [(2, 16, 48, 48), (2, 32, 24, 24), (2, 64, 12, 12), (2, 64, 6, 6), (2, 256)]
+    assert shapes == [(2, 16, 48, 48), (2, 32, 24, 24), (2, 32, 12, 12), (2, 32, 6, 6), (2, 128)]
     assert dis(x, None)[1] is None
     assert isinstance(dis.layers[0][0], nn.Conv2d)
 

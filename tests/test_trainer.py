@@ -24,7 +24,7 @@ def _grads(params):
 
 def test_each_network_is_stepped_with_its_own_objective_only(tiny_cfg):
     """Trainer grads == d(own objective)/d(own params); the summed-backward bug would differ."""
-    cfg = tiny_cfg("loss.equilibrium=null", "loss.kl_weight=0.7", "loss.gamma=0.3")
+    cfg = tiny_cfg("loss.equilibrium=null", "loss.kl_weight=0.7", "loss.gamma=0.3", "loss.pixel_weight=0.5")
     tr = Trainer(cfg)
     x = tr._batch(tr.data.train_batches(0)[0])
     captured = {}
@@ -54,8 +54,9 @@ def test_each_network_is_stepped_with_its_own_objective_only(tiny_cfg):
         return all((u is None and (v is None or not v.any())) or (v is not None and torch.allclose(u, v, atol=1e-6, rtol=1e-5))
                    for u, v in zip(a, b_))
 
-    enc_obj = 0.7 * terms["kl"] + terms["feature_reconstruction"]
-    dec_obj = 0.3 * terms["feature_reconstruction"] + terms["gan_generator"]
+    # the pixel term (loss.pixel_weight) goes to the encoder and the decoder, never the discriminator
+    enc_obj = 0.7 * terms["kl"] + terms["feature_reconstruction"] + 0.5 * terms["pixel"]
+    dec_obj = 0.3 * terms["feature_reconstruction"] + terms["gan_generator"] + 0.5 * terms["pixel"]
     assert same(captured["encoder"], grad(enc_obj, "encoder"))
     assert same(captured["decoder"], grad(dec_obj, "decoder"))
     assert same(captured["discriminator"], grad(terms["gan_discriminator"], "discriminator"))
