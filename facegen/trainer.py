@@ -108,7 +108,7 @@ class Trainer:
         dis_opt = self.optimizers.get("discriminator")
         self._gate_on_device = bool(dis_opt is not None and dis_opt.defaults.get("fused")
                                     and self.device.type == "cuda")
-        self._graph, self._graph_warmed, self._ema_in_step = None, 0, True
+        self._graph, self._graph_warmed = None, 0
         self._graphs = False  # set below, once the networks, optimizers and compile are known
         self.ema = None
         if t.ema_decay:
@@ -232,7 +232,7 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), float(clip))
             self.optimizers[name].step()
-        if self.ema is not None and "decoder" in names and self._ema_in_step:
+        if self.ema is not None and "decoder" in names:
             self.ema.update_parameters(self.model.decoder)
 
     def _step_vae(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -315,7 +315,7 @@ class Trainer:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                out = self._eager_step(x)
+                out = self._plain_step(x)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._graph_warmed += 1
             return out
@@ -324,11 +324,13 @@ class Trainer:
             groups = [g for o in self.optimizers.values() for g in o.param_groups]
             for g in groups:
                 g["capturable"] = True       # fused Adam's kernels are the same; only capture checks it
+            ema, self.ema = self.ema, None   # not captured: it runs after each replay
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    self._graph_out = self._eager_step(self._graph_x, ema=False)
+                    self._graph_out = self._plain_step(self._graph_x)
             finally:
+                self.ema = ema
                 for g in groups:
                     g["capturable"] = False
             self._graph = graph
@@ -337,13 +339,6 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model.decoder)
         return self._graph_out
-
-    def _eager_step(self, x: torch.Tensor, ema: bool = True) -> dict[str, torch.Tensor]:
-        self._ema_in_step = ema
-        try:
-            return self._plain_step(x)
-        finally:
-            self._ema_in_step = True
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._graphs and x.shape[0] == self.data.batch_size:
@@ -465,11 +460,7 @@ class Trainer:
         every = self.cfg.trainer.eval_every
         if every and self.epoch % int(every) == 0:
             record.update(self.evaluate_quality())
-        self.history.update(record)
-        if self.is_main:
-            self._write_record(record)
-            paths = self.save_grids(f"epoch_{self.epoch:03d}")
-            self.logger.log_images(paths, self.step)
+        self._record_with_grids(record, f"epoch_{self.epoch:03d}")
         self._save("last.pt")
         self._save(f"epoch_{self.epoch:03d}.pt")
         self._prune_epoch_checkpoints()
@@ -480,11 +471,15 @@ class Trainer:
         (what facegen.train returns to a sweep), sample and reconstruction grids, last.pt."""
         record = {"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch), "step": self.step,
                   **self.validate()}
+        self._record_with_grids(record, f"step_{self.step:06d}")
+        self._save("last.pt")
+
+    def _record_with_grids(self, record: dict[str, Any], grid_name: str) -> None:
+        """Keep an end-of-epoch (or end-of-budget) record, write and log it with that moment's grids."""
         self.history.update(record)
         if self.is_main:
             self._write_record(record)
-            self.logger.log_images(self.save_grids(f"step_{self.step:06d}"), self.step)
-        self._save("last.pt")
+            self.logger.log_images(self.save_grids(grid_name), self.step)
 
     def _keep_best(self, record: dict[str, Any]) -> None:
         key = self.cfg.trainer.best_metric

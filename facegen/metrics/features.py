@@ -318,8 +318,6 @@ def augment(x01: torch.Tensor, generator: torch.Generator, max_shift: float = 0.
 #: GAN's blobs). Contrastive views alone would make the net invariant to all three.
 DEGRADATIONS = (("clean", 0.0), ("blur", 1.5), ("blur", 2.0), ("blur", 3.0), ("noise", 0.08), ("noise", 0.2),
                 ("shuffle", 1 / 6), ("shuffle", 1 / 3))
-#: The blur factors alone (index i + 1 of DEGRADATIONS is DEGRADE_FACTORS[i + 1]).
-DEGRADE_FACTORS = tuple([1.0] + [a for k, a in DEGRADATIONS if k == "blur"])
 
 
 def _shuffle_tiles(x: torch.Tensor, tile: int, generator: torch.Generator) -> torch.Tensor:

@@ -126,4 +126,4 @@ def eigenface_distance(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor |
     cov = (centred.T.float() @ centred.float()) / max(1, real.shape[0] - 1)
     _, vecs = torch.linalg.eigh(cov)
     basis = vecs[:, -q:].double()
-    return frechet_distance((real - mean) @ basis, (fake - mean) @ basis)
+    return frechet_distance(centred @ basis, (fake - mean) @ basis)
