@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, fi
                                 load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
 from facegen.logging import JSONLWriter
 from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor
+from facegen.models.cpu_kernels import use_cpu_kernels
 from facegen.models.vaegan import VAEGAN, build_model
 from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
 
@@ -95,6 +95,10 @@ class Trainer:
         self.channels_last = self._resolve_auto(t.channels_last, default=True)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # a faster CPU weight gradient for transposed convolutions (same parameters, same numbers)
+        self.cpu_kernels = self._resolve_auto(t.cpu_kernels, default=self.device.type == "cpu")
+        if self.cpu_kernels:
+            use_cpu_kernels(self.model)
         self.nets = {n: getattr(self.model, n) for n in NETWORKS if getattr(self.model, n) is not None}
         self._params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.nets.items()}
         self._feature_layer = None

@@ -8,7 +8,9 @@
 - training throughput (images/s after warm-up, median of several windows) of the same model
   (`seed_vae`, `loss=vae`, Adam, batch 100): a faithful replica of the seed's pipeline (pandas
   per-item Dataset + DataLoader, float32) vs facegen's trainer with its fast path; and the default
-  VAE-GAN preset at its default batch size. Each runs in a fresh process, so peak memory is its own.
+  VAE-GAN preset at its default batch size. Each runs in a fresh process, so peak memory is its own;
+  then the seed pipeline, facegen, and facegen without its CPU kernels once more in one process,
+  timing windows in turn (``seed_vae_same_process``: the fairest ratio on a noisy machine).
 - ``--variant NAME:OVERRIDES`` adds runs of the VAE-GAN with other settings (comma-separated Hydra
   overrides), e.g. ``--variant b1024:data.batch_size=1024 --variant eager:trainer.compile=false``.
 - ``--out FILE`` also writes the JSON there after every stage, so a run cut short keeps what it measured.
@@ -55,8 +57,8 @@ def _peak_memory_mb(device) -> dict:
     return out
 
 
-def worker_seed_pipeline(device_name: str, csv_path: str, quick: bool) -> dict:
-    """The seed project's training loop, restated: pandas apply(split), iloc per item, float32."""
+def _seed_step(device_name: str, csv_path: str):
+    """The seed project's training step, restated: pandas apply(split), iloc per item, float32."""
     import numpy as np
     import pandas as pd
     import torch
@@ -105,18 +107,28 @@ def worker_seed_pipeline(device_name: str, csv_path: str, quick: bool) -> dict:
         loss.backward()
         opt.step()
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    res = _windows(step, 5, 3 if quick else 5, 10 if quick else 30, 100, sync)
-    return {**res, **_peak_memory_mb(device)}
+    return step
 
 
-def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: int | None) -> dict:
-    """facegen's own trainer step, on its fast path (resident uint8 data, channels_last, ...)."""
+def _sync(device_name: str):
     import torch
+
+    return torch.cuda.synchronize if device_name.startswith("cuda") else (lambda: None)
+
+
+def worker_seed_pipeline(device_name: str, csv_path: str, quick: bool) -> dict:
+    import torch
+
+    res = _windows(_seed_step(device_name, csv_path), 5, 3 if quick else 5, 10 if quick else 30, 100,
+                   _sync(device_name))
+    return {**res, **_peak_memory_mb(torch.device(device_name))}
+
+
+def _facegen_step(device_name: str, overrides: list[str], batch: int | None):
+    """facegen's own trainer step, on its fast path (resident uint8 data, channels_last, ...)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    device = torch.device(device_name)
     over = [f"trainer.device={device_name}", "trainer.progress_bar=false", "logger=none",
             "data.num_images=4000", *overrides]
     if batch:
@@ -129,7 +141,6 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
 
     tr = Trainer(cfg)
     batches = tr.data.train_batches(0)
-    bs = tr.data.batch_size
     state = {"i": 0}
 
     def step():
@@ -138,11 +149,40 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
         tr._accumulate(tr.train_step(tr._batch(idx)))
         tr.step += 1
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    warm = 10 if tr.compiled else 5
-    res = _windows(step, warm, 3 if quick else 5, 10 if quick else 30, bs, sync)
-    return {**res, "batch_size": bs, "channels_last": tr.channels_last, "compiled": tr.compiled,
-            "precision": str(tr.amp_dtype or "float32"), **_peak_memory_mb(device)}
+    return step, tr
+
+
+def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: int | None) -> dict:
+    import torch
+
+    step, tr = _facegen_step(device_name, overrides, batch)
+    bs = tr.data.batch_size
+    res = _windows(step, 10 if tr.compiled else 5, 3 if quick else 5, 10 if quick else 30, bs, _sync(device_name))
+    return {**res, "batch_size": bs, "channels_last": tr.channels_last, "cpu_kernels": tr.cpu_kernels,
+            "compiled": tr.compiled, "precision": str(tr.amp_dtype or "float32"),
+            **_peak_memory_mb(torch.device(device_name))}
+
+
+def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
+    """seed_vae three ways in one process, their timing windows taken in turn, so that all three see
+    the same machine load (a shared or thermally busy CPU drifts by more than the differences)."""
+    seed_vae = ["model=seed_vae", "loss=vae", "optimizer.lr=1e-3", "optimizer.betas=[0.9,0.999]"]
+    steps = {"seed_pipeline": _seed_step(device_name, csv_path),
+             "facegen": _facegen_step(device_name, seed_vae, 100)[0],
+             "facegen_without_cpu_kernels": _facegen_step(device_name, [*seed_vae, "trainer.cpu_kernels=false"], 100)[0]}
+    sync = _sync(device_name)
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(4 if quick else 8):
+        for name, step in steps.items():
+            rates[name].append(_windows(step, 0, 1, 10, 100, sync)["img_per_s"])
+    out = {name: {"img_per_s": round(statistics.median(r), 1), "windows": r} for name, r in rates.items()}
+    base = out["seed_pipeline"]["img_per_s"]
+    for name in ("facegen", "facegen_without_cpu_kernels"):
+        out[f"speedup_{name}"] = round(out[name]["img_per_s"] / base, 2)
+    return out
 
 
 def _run_worker(args: list[str]) -> dict:
@@ -170,6 +210,8 @@ def main() -> None:
         quick = args.quick
         if kind == "seed":
             print(json.dumps(worker_seed_pipeline(args.device, rest[0], quick)))
+        elif kind == "same_process":
+            print(json.dumps(worker_same_process(args.device, rest[0], quick)))
         else:
             batch = 100 if kind == "facegen_seed" else None
             print(json.dumps(worker_facegen(args.device, rest, quick, batch)))
@@ -211,6 +253,8 @@ def main() -> None:
         training["speedup_seed_vae"] = round(fast["img_per_s"] / seed["img_per_s"], 2)
     emit()
     training["facegen_default_vaegan"] = _run_worker([*dev, *flags, "--worker", "facegen_vaegan"])
+    emit()
+    training["seed_vae_same_process"] = _run_worker([*dev, *flags, "--worker", "same_process", str(csv_path)])
     emit()
     for variant in args.variant:
         name, _, overrides = variant.partition(":")

@@ -1,13 +1,17 @@
 """Every fast-path switch gives the same losses as the plain path, within its numeric tolerance."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn as nn
 
+from facegen.models.cpu_kernels import use_cpu_kernels
 from facegen.trainer import Trainer
 
-PLAIN = ["trainer.channels_last=false", "trainer.data_on_device=false", "trainer.precision=32",
-         "trainer.compile=false", "loss.equilibrium=null", "trainer.cuda_graphs=false"]
+PLAIN = ["trainer.channels_last=false", "trainer.cpu_kernels=false", "trainer.data_on_device=false",
+         "trainer.precision=32", "trainer.compile=false", "loss.equilibrium=null", "trainer.cuda_graphs=false"]
 
 
 def _losses(tiny_cfg, *switch: str, steps: int = 3) -> list[dict[str, float]]:
@@ -23,8 +27,10 @@ def _losses(tiny_cfg, *switch: str, steps: int = 3) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize("switch,rtol", [
     (["trainer.channels_last=true"], 1e-3),
+    (["trainer.channels_last=true", "trainer.cpu_kernels=true"], 1e-3),
     (["trainer.data_on_device=true"], 0.0),
     (["trainer.precision=bf16-mixed"], 5e-2),
+    (["trainer.precision=bf16-mixed", "trainer.cpu_kernels=true"], 5e-2),
     (["trainer.compile=true", "trainer.compile_backend=aot_eager"], 1e-3),
 ])
 def test_switch_matches_the_plain_path(tiny_cfg, switch, rtol):
@@ -37,9 +43,44 @@ def test_switch_matches_the_plain_path(tiny_cfg, switch, rtol):
 
 def test_vae_fast_path_matches_too(tiny_cfg):
     plain = _losses(tiny_cfg, "model=seed_vae", "loss=vae")
-    fast = _losses(tiny_cfg, "model=seed_vae", "loss=vae", "trainer.channels_last=true", "trainer.data_on_device=true")
+    fast = _losses(tiny_cfg, "model=seed_vae", "loss=vae", "trainer.channels_last=true", "trainer.data_on_device=true",
+                   "trainer.cpu_kernels=true")
     for a, b in zip(plain, fast):
         assert b["loss/total"] == pytest.approx(a["loss/total"], rel=1e-4)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: nn.ConvTranspose2d(8, 6, 3, 2, 1, output_padding=1), (5, 8, 6, 6)),     # the seed decoder's
+    (lambda: nn.ConvTranspose2d(8, 6, 4, 2, 1, bias=False), (5, 8, 6, 6)),           # the dcgan decoder's
+    (lambda: nn.ConvTranspose2d(4, 3, 3, 1, 1), (2, 4, 7, 5)),                       # stride 1, not square
+])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_last):
+    torch.manual_seed(0)
+    ref = layer().double()
+    fast = copy.deepcopy(ref)
+    assert use_cpu_kernels(fast) == 1 and isinstance(fast, type(ref))
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fast(xf)
+    torch.testing.assert_close(yf, yr, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-10, msg=name)
+    with torch.no_grad():                                  # inference takes PyTorch's own path
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_kernels_leave_other_layers_alone():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.utils.spectral_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1)),
+                        nn.ConvTranspose2d(4, 4, 3, groups=2), nn.Linear(3, 3))
+    assert use_cpu_kernels(net) == 0
+    assert [type(m) for m in net] == [nn.Conv2d, nn.ConvTranspose2d, nn.ConvTranspose2d, nn.Linear]
 
 
 @pytest.mark.slow

@@ -1,0 +1,70 @@
+"""Time facegen's CPU kernels (facegen/models/cpu_kernels.py) against PyTorch's layers; prints JSON.
+
+    python scripts/bench_cpu_kernels.py [--threads 2] [--batch 100] [--repeats 10]
+
+Per transposed convolution of the seed decoder and the default (dcgan) decoder: forward plus
+backward milliseconds for a channels_last batch, best of --repeats, PyTorch's layer and facegen's in
+alternation so both see the same machine load.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+
+import torch
+import torch.nn as nn
+
+from facegen.models.cpu_kernels import use_cpu_kernels
+
+LAYERS = {
+    "seed decoder ConvTranspose2d 64->64 k3, 6->12 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 6)),
+    "seed decoder ConvTranspose2d 64->64 k3, 12->24 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 12)),
+    "seed decoder ConvTranspose2d 64->32 k3, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 3, 2, 1, 1), (64, 24)),
+    "dcgan decoder ConvTranspose2d 64->32 k4, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), (64, 24)),
+}
+
+
+def _forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    def run() -> None:
+        layer.zero_grad(set_to_none=True)
+        layer(x.detach().requires_grad_()).backward(grad)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = {"torch": torch.__version__, "threads": args.threads, "batch": args.batch,
+           "cpu": platform.processor() or platform.machine(), "layers": {}}
+    for name, (make, (channels, size)) in LAYERS.items():
+        ref = make().to(memory_format=torch.channels_last)
+        fast = copy.deepcopy(ref)
+        use_cpu_kernels(fast)
+        x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(ref(x))
+        runs = {"pytorch": _forward_backward(ref, x, grad), "facegen": _forward_backward(fast, x, grad)}
+        best = {k: float("inf") for k in runs}
+        for _ in range(2):                       # warm-up
+            for run in runs.values():
+                run()
+        for _ in range(args.repeats):
+            for k, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[k] = min(best[k], time.perf_counter() - start)
+        out["layers"][name] = {"pytorch_ms": round(best["pytorch"] * 1e3, 2),
+                               "facegen_ms": round(best["facegen"] * 1e3, 2),
+                               "speedup": round(best["pytorch"] / best["facegen"], 2)}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
