@@ -10,7 +10,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ class RealFaces:
     train: FaceDataset     # searched for each sample's nearest faces (nearest.png)
     real_what: str         # e.g. "2000 of 3589 faces of the validation split (validation)"
     held_out_is_val: bool
+    # the real faces' features and eigenfaces, computed for the first model and reused for a baseline
+    stats_cache: dict = field(default_factory=dict)
 
 
 def choose_real_faces(cfg: DictConfig, dm) -> RealFaces:
@@ -137,7 +139,8 @@ def evaluate_model(model, faces: RealFaces, net: torch.nn.Module, cfg: DictConfi
     original, recon = reconstruct(model, faces.held_out.images, bs)
     values = compute_metrics(fake, faces.real.images, net, recon01=recon, real_for_recon01=original,
                              kid_subsets=int(cfg.kid_subsets), kid_subset_size=int(cfg.kid_subset_size),
-                             k=int(cfg.k), inception=inception, batch_size=bs, device=device, seed=int(cfg.seed))
+                             k=int(cfg.k), inception=inception, batch_size=bs, device=device, seed=int(cfg.seed),
+                             real_cache=faces.stats_cache)
     return values, fake
 
 

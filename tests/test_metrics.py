@@ -14,6 +14,7 @@ from facegen.metrics import (
     FeatureNetError,
     compute_metrics,
     default_feature_net,
+    eigenfaces,
     extract_features,
     frechet_distance,
     frechet_distance_from_stats,
@@ -308,6 +309,21 @@ def test_compute_metrics_keys_and_values(net, faces):
     assert with_recon["recon_mse"] == 0 and with_recon["num_samples"] == 20  # 20 images: KID capped
     with pytest.raises(ValueError, match="both"):
         compute_metrics(fake, faces["a"], net, recon01=fake)
+
+
+def test_a_real_cache_reuses_the_real_side_and_changes_no_number(net, faces, monkeypatch):
+    import facegen.metrics as metrics
+
+    fake1, fake2 = blur(faces["b"], 1), faces["b"]
+    fresh = [compute_metrics(f, faces["a"], net, kid_subsets=5) for f in (fake1, fake2)]
+    calls = []
+    real_extract = metrics.extract_features
+    monkeypatch.setattr(metrics, "extract_features", lambda n, x, *a, **kw: calls.append(len(x)) or real_extract(n, x, *a, **kw))
+    monkeypatch.setattr(metrics, "eigenfaces", lambda *a, **kw: calls.append("pca") or eigenfaces(*a, **kw))
+    cache: dict = {}
+    cached = [compute_metrics(f, faces["a"], net, kid_subsets=5, real_cache=cache) for f in (fake1, fake2)]
+    assert cached == fresh
+    assert calls == [len(fake1), len(faces["a"]), "pca", len(fake2)]   # the real side once
 
 
 def test_quick_metrics_subsamples_and_agrees_in_direction(net, faces):

@@ -36,6 +36,7 @@ from facegen.metrics.features import (
 )
 from facegen.metrics.image_stats import (
     eigenface_distance,
+    eigenfaces,
     laplacian_variance,
     radial_log_spectrum,
     reconstruction_metrics,
@@ -58,27 +59,37 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
                     real_for_recon01: torch.Tensor | np.ndarray | None = None, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, k: int = 5,
                     inception: InceptionFeatures | str | os.PathLike | None = None, batch_size: int = 256,
-                    device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
+                    device: str | torch.device = "cpu", seed: int = 0,
+                    real_cache: dict | None = None) -> dict[str, Any]:
     """All metrics of samples against real faces (and of reconstructions against their inputs).
 
     Keys: fd_<net>, kid_<net>, kid_<net>_std, precision, recall, density, coverage,
     fd_eigenfaces, sharpness_ratio, spectral_distance, feature_net_hash, num_samples, num_real; the recon_* keys
     when `recon01` and `real_for_recon01` are given; fid_inception when `inception` (a module or
     a local InceptionV3 weights file) is given. Images are uint8 or float in [0, 1].
+    ``real_cache``: a dict kept by the caller for one real set (the same ``real01`` every call): the
+    real faces' features and eigenfaces are computed on the first call and reused by later ones
+    (``facegen.evaluate ... baseline=`` measures two models against the same faces).
     """
     fake, real = as_float01(fake01), as_float01(real01)
     if (recon01 is None) != (real_for_recon01 is None):
         raise ValueError("give both recon01 and real_for_recon01 (the faces that were reconstructed), or neither")
     name = _net_name(feature_net)
+    cache = real_cache if real_cache is not None else {}
     f_fake = extract_features(feature_net, fake, batch_size, device)
-    f_real = extract_features(feature_net, real, batch_size, device)
+    net_key = ("features", _net_hash(feature_net))
+    if net_key not in cache:
+        cache[net_key] = extract_features(feature_net, real, batch_size, device)
+    f_real = cache[net_key]
+    if "eigenfaces" not in cache:
+        cache["eigenfaces"] = eigenfaces(real)
     kid, kid_std = kernel_distance(f_real, f_fake, kid_subsets, kid_subset_size, seed=seed)
     out: dict[str, Any] = {
         f"fd_{name}": frechet_distance(f_real, f_fake),
         f"kid_{name}": kid,
         f"kid_{name}_std": kid_std,
         **precision_recall_density_coverage(f_real, f_fake, k),
-        "fd_eigenfaces": eigenface_distance(fake, real),
+        "fd_eigenfaces": eigenface_distance(fake, real, real_eigenfaces=cache["eigenfaces"]),
         "sharpness_ratio": sharpness_ratio(fake, real),
         "spectral_distance": spectral_distance(fake, real),
     }
@@ -147,7 +158,7 @@ def nearest_neighbours(query_feats: torch.Tensor | np.ndarray, reference_feats: 
 
 __all__ = [
     "FeatureNet", "FeatureNetError", "InceptionFeatures", "as_float01", "compute_metrics", "default_feature_net",
-    "eigenface_distance", "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
+    "eigenface_distance", "eigenfaces", "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
     "kernel_distance", "laplacian_variance", "load_feature_net", "nearest_neighbours",
     "precision_recall_density_coverage", "quick_metrics", "radial_log_spectrum", "reconstruction_metrics",
     "save_feature_net", "sharpness_ratio", "spectral_distance", "train_feature_net", "weights_hash",

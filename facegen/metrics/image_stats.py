@@ -103,21 +103,11 @@ def reconstruction_metrics(real01: torch.Tensor | np.ndarray, recon01: torch.Ten
     return out
 
 
-def eigenface_distance(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np.ndarray,
-                       components: int = 64) -> float:
-    """Fréchet distance in the space of the real faces' top principal components ("eigenfaces").
-
-    No learned network: the real faces' own pixel PCA. It measures face *structure* at the scales
-    that carry most of the variance (head shape, hair, eyes, mouth): blurry faces keep it and stay
-    close; structureless blobs or noise do not. A counterweight to the learned feature net, which
-    weighs blur heavily (docs/metrics.md). Compare only at the same number of real faces.
-    """
-    from facegen.metrics.distances import frechet_distance
-
-    fake, real = as_float01(fake01).flatten(1).double(), as_float01(real01).flatten(1).double()
-    if fake.shape[1] != real.shape[1]:
-        raise ValueError(f"eigenface distance needs samples and real faces of one size, got "
-                         f"{fake.shape[1]} and {real.shape[1]} values per image")
+def eigenfaces(real01: torch.Tensor | np.ndarray, components: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean [1, D], basis [D, q], the real faces' own coordinates [N, q]) of the real faces' top q
+    pixel principal components: what :func:`eigenface_distance` needs from the real side, computed
+    once per real set (``compute_metrics(real_cache=...)`` keeps it for a second model)."""
+    real = as_float01(real01).flatten(1).double()
     q = min(int(components), real.shape[0] - 1, real.shape[1])
     mean = real.mean(0, keepdim=True)
     # the top-q eigenvectors of the real faces' D x D covariance (D = 2304 at 48 px): one float32 eigh,
@@ -126,4 +116,25 @@ def eigenface_distance(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor |
     cov = (centred.T.float() @ centred.float()) / max(1, real.shape[0] - 1)
     _, vecs = torch.linalg.eigh(cov)
     basis = vecs[:, -q:].double()
-    return frechet_distance(centred @ basis, (fake - mean) @ basis)
+    return mean, basis, centred @ basis
+
+
+def eigenface_distance(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np.ndarray,
+                       components: int = 64,
+                       real_eigenfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Fréchet distance in the space of the real faces' top principal components ("eigenfaces").
+
+    No learned network: the real faces' own pixel PCA. It measures face *structure* at the scales
+    that carry most of the variance (head shape, hair, eyes, mouth): blurry faces keep it and stay
+    close; structureless blobs or noise do not. A counterweight to the learned feature net, which
+    weighs blur heavily (docs/metrics.md). Compare only at the same number of real faces.
+    ``real_eigenfaces``: :func:`eigenfaces` of these real faces, when already computed.
+    """
+    from facegen.metrics.distances import frechet_distance
+
+    fake = as_float01(fake01).flatten(1).double()
+    mean, basis, real_coords = real_eigenfaces or eigenfaces(real01, components)
+    if fake.shape[1] != mean.shape[1]:
+        raise ValueError(f"eigenface distance needs samples and real faces of one size, got "
+                         f"{fake.shape[1]} and {mean.shape[1]} values per image")
+    return frechet_distance(real_coords, (fake - mean) @ basis)
