@@ -109,6 +109,8 @@ class VAEGANLoss:
 
     equilibrium/margin: the paper's gate (equilibrium=null turns it off); pixel_weight: an optional
     pixel MSE term for the encoder and decoder, useful at the start; pixel_warmup_steps fades it out.
+    vae_warmup_steps: the first steps train the encoder and decoder as a plain VAE (the seed's
+    BCE + kl_weight * KL, no discriminator: cheaper steps that learn faces), then the GAN takes over.
     """
 
     kl_weight: float = 1.0
@@ -119,8 +121,18 @@ class VAEGANLoss:
     pixel_weight: float = 0.0
     pixel_warmup_steps: int = 0
     recon_gan: bool = True
+    vae_warmup_steps: int = 0
 
     needs_discriminator = True
+
+    def in_vae_warmup(self, step: int) -> bool:
+        """Whether training step ``step`` (0-based) is a plain VAE step."""
+        return step < self.vae_warmup_steps
+
+    def terms(self, x01: torch.Tensor, recon01: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+        """The VAE warm-up's objective: the seed's ELBO (per-image BCE + kl_weight * KL)."""
+        return VAELoss(kl_weight=self.kl_weight).terms(x01, recon01, mu, logvar)
 
     def pixel_factor(self, step: int) -> float:
         """pixel_weight, linearly faded to 0 over pixel_warmup_steps (constant when 0)."""

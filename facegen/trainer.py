@@ -344,8 +344,12 @@ class Trainer:
             self.ema.update_parameters(self.model.decoder)
         return self._graph_out
 
+    def _warming_up(self) -> bool:
+        """Whether this step of a VAE-GAN is one of its plain-VAE warm-up steps (loss.vae_warmup_steps)."""
+        return self.loss.needs_discriminator and self.loss.in_vae_warmup(self.step)
+
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._graphs and x.shape[0] == self.data.batch_size:
+        if self._graphs and x.shape[0] == self.data.batch_size and not self._warming_up():
             try:
                 return self._graph_step(x)
             except Exception as e:  # capture failed: say so, and train on without graphs
@@ -359,7 +363,7 @@ class Trainer:
 
     def _plain_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step run op by op (compiled networks included), falling back to eager if compiling fails."""
-        step = self._step_vaegan if self.loss.needs_discriminator else self._step_vae
+        step = self._step_vaegan if self.loss.needs_discriminator and not self._warming_up() else self._step_vae
         if not self.compiled:
             return step(x)
         try:
@@ -406,6 +410,8 @@ class Trainer:
                 while self.epoch < epochs:
                     batches = self.data.train_batches(self.epoch, self.rank, self.world_size)
                     for i in range(self.batch_in_epoch, len(batches)):
+                        if self.loss.needs_discriminator and self.step == self.loss.vae_warmup_steps > 0:
+                            self._log(bar)   # the VAE warm-up ends: its logged terms end with it
                         x = self._batch(batches[i])
                         values = self.train_step(x)
                         self.step += 1

@@ -221,6 +221,30 @@ def test_equilibrium_gate_rules():
     assert VAEGANLoss(pixel_weight=1.0, pixel_warmup_steps=10).pixel_factor(5) == pytest.approx(0.5)
 
 
+def test_vae_warmup_trains_a_plain_vae_first_then_the_gan(tiny_cfg):
+    import json
+
+    cfg = tiny_cfg("loss.vae_warmup_steps=3", "trainer.max_steps=5", "trainer.log_every=1", "data.num_images=600")
+    tr = Trainer(cfg)
+    dis_before = {k: v.clone() for k, v in tr.model.discriminator.state_dict().items()}
+    batches = tr.data.train_batches(0)
+    for i in range(3):                                   # warm-up: the VAE objective, D untouched
+        values = tr.train_step(tr._batch(batches[i]))
+        tr.step += 1
+        assert set(values) == {"loss/reconstruction", "loss/kl", "loss/total"}
+    assert all(torch.equal(v, dis_before[k]) for k, v in tr.model.discriminator.state_dict().items())
+    values = tr.train_step(tr._batch(batches[3]))        # then the VAE-GAN, D trains
+    assert "loss/gan_discriminator" in values
+    assert any(not torch.equal(v, dis_before[k]) for k, v in tr.model.discriminator.state_dict().items())
+    tr.close()
+    # through fit(): the log window is closed at the switch, so each record holds one phase's terms
+    train(tiny_cfg("loss.vae_warmup_steps=3", "trainer.max_steps=5", "trainer.log_every=2", "data.num_images=600"))
+    records = [json.loads(s) for s in (Path(cfg.paths.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], "loss/reconstruction" in r, "loss/gan_discriminator" in r) for r in records if "step" in r
+              and any(k.startswith("loss/") for k in r)]
+    assert losses[:3] == [(2, True, False), (3, True, False), (4, False, True)]
+
+
 def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
     from facegen.data import draw_faces
     from facegen.metrics import save_feature_net, train_feature_net
