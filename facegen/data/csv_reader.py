@@ -2,10 +2,11 @@
 
 A row is label columns plus one ``pixels`` field of space-separated integers 0..255 (row-major
 faces). The pixel text is parsed without a per-row Python loop: a numba kernel over the raw bytes
-(one thread per core, each on a slice of whole lines) when numba is installed (the ``fast`` extra),
-else pandas' C reader plus numpy (``np.fromstring``) on blocks of rows. Both detect any bad row
-cheaply; the message for the first bad line then comes from a plain-Python check of that line, so
-both engines report the same file, 1-based line number and remedy.
+(one thread per core, each on a slice of whole lines; numba is a core dependency), or, where numba
+cannot be imported or ``engine="numpy"`` asks for it, pandas' C reader plus numpy
+(``np.fromstring``) on blocks of rows. Both detect any bad row cheaply; the message for the first
+bad line then comes from a plain-Python check of that line, so both engines report the same file,
+1-based line number and remedy.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ _BLANK, _BAD = 1, 2
 
 
 def numba_available() -> bool:
-    """Whether the fast engine can be used (numba is in the optional ``fast`` extra)."""
+    """Whether the numba engine can be used (a core dependency, but an environment may lack it)."""
     try:
         import numba  # noqa: F401
     except ImportError:
