@@ -95,7 +95,7 @@ class Trainer:
         self.channels_last = self._resolve_auto(t.channels_last, default=True)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # a faster CPU weight gradient for transposed convolutions (same parameters, same numbers)
+        # faster CPU gradients for transposed and one-channel convolutions (same parameters, same numbers)
         self.cpu_kernels = self._resolve_auto(t.cpu_kernels, default=self.device.type == "cpu")
         if self.cpu_kernels:
             use_cpu_kernels(self.model)

@@ -2,7 +2,7 @@
 
     python scripts/bench_cpu_kernels.py [--threads 2] [--batch 100] [--repeats 10]
 
-Per transposed convolution of the seed decoder and the default (dcgan) decoder: forward plus
+Per layer of the seed decoder and the default (dcgan) decoder that the kernels can replace: forward plus
 backward milliseconds for a channels_last batch, best of --repeats, PyTorch's layer and facegen's in
 alternation so both see the same machine load.
 """
@@ -23,6 +23,7 @@ LAYERS = {
     "seed decoder ConvTranspose2d 64->64 k3, 6->12 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 6)),
     "seed decoder ConvTranspose2d 64->64 k3, 12->24 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 12)),
     "seed decoder ConvTranspose2d 64->32 k3, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 3, 2, 1, 1), (64, 24)),
+    "seed decoder final Conv2d 32->1 k3, 48 px": (lambda: nn.Conv2d(32, 1, 3, padding=1), (32, 48)),
     "dcgan decoder ConvTranspose2d 64->32 k4, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), (64, 24)),
 }
 

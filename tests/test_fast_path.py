@@ -53,6 +53,8 @@ def test_vae_fast_path_matches_too(tiny_cfg):
     (lambda: nn.ConvTranspose2d(8, 6, 3, 2, 1, output_padding=1), (5, 8, 6, 6)),     # the seed decoder's
     (lambda: nn.ConvTranspose2d(8, 6, 4, 2, 1, bias=False), (5, 8, 6, 6)),           # the dcgan decoder's
     (lambda: nn.ConvTranspose2d(4, 3, 3, 1, 1), (2, 4, 7, 5)),                       # stride 1, not square
+    (lambda: nn.Conv2d(8, 1, 3, padding=1), (5, 8, 9, 7)),                           # the seed's last layer
+    (lambda: nn.Conv2d(8, 1, 3, padding=1, bias=False), (3, 8, 6, 6)),
 ])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_last):
@@ -77,10 +79,12 @@ def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_
 
 
 def test_cpu_kernels_leave_other_layers_alone():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.utils.spectral_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1)),
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 5, padding=2), nn.Conv2d(4, 1, 3, stride=2),
+                        nn.utils.spectral_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1)),
                         nn.ConvTranspose2d(4, 4, 3, groups=2), nn.Linear(3, 3))
     assert use_cpu_kernels(net) == 0
-    assert [type(m) for m in net] == [nn.Conv2d, nn.ConvTranspose2d, nn.ConvTranspose2d, nn.Linear]
+    assert [type(m) for m in net] == [nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.ConvTranspose2d, nn.ConvTranspose2d,
+                                      nn.Linear]
 
 
 @pytest.mark.slow
