@@ -111,6 +111,9 @@ class VAEGANLoss:
     pixel MSE term for the encoder and decoder, useful at the start; pixel_warmup_steps fades it out.
     vae_warmup_steps: the first steps train the encoder and decoder as a plain VAE (the seed's
     BCE + kl_weight * KL, no discriminator: cheaper steps that learn faces), then the GAN takes over.
+    instance_noise: the standard deviation of Gaussian noise added to every image the discriminator
+    sees (Sønderby et al. 2016), faded to 0 over instance_noise_steps (0: constant); a face and its
+    reconstruction get the same noise, so the feature reconstruction still compares like with like.
     """
 
     kl_weight: float = 1.0
@@ -122,8 +125,16 @@ class VAEGANLoss:
     pixel_warmup_steps: int = 0
     recon_gan: bool = True
     vae_warmup_steps: int = 0
+    instance_noise: float = 0.0
+    instance_noise_steps: int = 0
 
     needs_discriminator = True
+
+    def noise_std(self, step: int) -> float:
+        """instance_noise at training step ``step``, linearly faded to 0 over instance_noise_steps."""
+        if self.instance_noise <= 0 or self.instance_noise_steps <= 0:
+            return max(0.0, float(self.instance_noise))
+        return float(self.instance_noise) * max(0.0, 1.0 - step / self.instance_noise_steps)
 
     def in_vae_warmup(self, step: int) -> bool:
         """Whether training step ``step`` (0-based) is a plain VAE step."""

@@ -195,6 +195,8 @@ class Trainer:
             return "the equilibrium gate needs a host sync"
         if getattr(loss, "pixel_weight", 0) and getattr(loss, "pixel_warmup_steps", 0):
             return "loss.pixel_warmup_steps changes the step's constants every step"
+        if getattr(loss, "instance_noise", 0) and getattr(loss, "instance_noise_steps", 0):
+            return "loss.instance_noise_steps changes the step's constants every step"
         if self.compiled and str(t.get("compile_mode")).lower() in ("reduce-overhead", "max-autotune"):
             return "trainer.compile_mode already uses CUDA graphs"
         return None
@@ -259,7 +261,12 @@ class Trainer:
             z = self.model.reparameterize(mu, logvar)
             z_prior = torch.randn_like(z)
             generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
-            logits, feats = self.calls["discriminator"](torch.cat([x, generated]), self._feature_layer)
+            seen = torch.cat([x, generated])
+            sigma = loss.noise_std(self.step)
+            if sigma > 0:   # instance noise: a face and its reconstruction share theirs, prior samples get their own
+                noise = torch.randn_like(generated)
+                seen = seen + sigma * torch.cat([noise[:b], noise])
+            logits, feats = self.calls["discriminator"](seen, self._feature_layer)
         if feats is None:
             raise TrainingError(f"loss.feature_layer={loss.feature_layer} is not a layer of the discriminator "
                                 f"(it has layers 0..{unwrap(self.model.discriminator).num_layers - 1})")

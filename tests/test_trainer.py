@@ -245,6 +245,23 @@ def test_vae_warmup_trains_a_plain_vae_first_then_the_gan(tiny_cfg):
     assert losses[:3] == [(2, True, False), (3, True, False), (4, False, True)]
 
 
+def test_instance_noise_reaches_only_the_discriminator_and_fades(tiny_cfg):
+    assert VAEGANLoss(instance_noise=0.2, instance_noise_steps=10).noise_std(5) == pytest.approx(0.1)
+    assert VAEGANLoss(instance_noise=0.2, instance_noise_steps=10).noise_std(20) == 0.0
+    assert VAEGANLoss(instance_noise=0.2).noise_std(10**6) == pytest.approx(0.2)
+
+    def first_step(*extra):
+        tr = Trainer(tiny_cfg("trainer.channels_last=false", *extra))
+        values = {k: float(v.detach()) for k, v in tr.train_step(tr._batch(tr.data.train_batches(0)[0])).items()}
+        tr.close()
+        return values
+
+    plain, noisy, off = first_step(), first_step("loss.instance_noise=0.5"), first_step("loss.instance_noise=0.0")
+    assert noisy["loss/kl"] == plain["loss/kl"]                       # the encoder's forward is untouched
+    assert noisy["loss/gan_discriminator"] != pytest.approx(plain["loss/gan_discriminator"], rel=1e-3)
+    assert off == plain
+
+
 def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
     from facegen.data import draw_faces
     from facegen.metrics import save_feature_net, train_feature_net
