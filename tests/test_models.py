@@ -79,14 +79,17 @@ def test_seed_state_dict_into_the_wrong_model_lists_mismatched_keys():
         facegen.load_model(SEED_CKPT, model_cfg=cfg.model)
 
 
-def test_discriminator_returns_the_chosen_layer():
-    cfg = compose_config("train", ["model=dcgan"])
+@pytest.mark.parametrize("strided", ["null", "4", "3"])
+def test_discriminator_returns_the_chosen_layer(strided):
+    cfg = compose_config("train", ["model=dcgan", f"model.discriminator.strided_kernel_size={strided}"])
     dis = build_model(cfg.model).discriminator.eval()
     x = torch.rand(2, 1, 48, 48)
     shapes = [tuple(dis(x, i)[1].shape) for i in range(dis.num_layers)]
     assert shapes == [(2, 16, 48, 48), (2, 32, 24, 24), (2, 32, 12, 12), (2, 32, 6, 6), (2, 128)]
     assert dis(x, None)[1] is None
     assert isinstance(dis.layers[0][0], nn.Conv2d)
+    assert dis.layers[0][0].kernel_size == (5, 5)
+    assert dis.layers[1][0].kernel_size == ((5, 5) if strided == "null" else (int(strided),) * 2)
 
 
 def test_each_discriminator_names_its_default_feature_layer():

@@ -26,18 +26,22 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, channels: int = 1, image_size: int = 48,
                  widths: Sequence[int] = (32, 128, 256, 256), kernel_size: int = 5,
-                 fc_width: int = 512, spectral_norm: bool = False) -> None:
+                 fc_width: int = 512, spectral_norm: bool = False, strided_kernel_size: int | None = None) -> None:
         super().__init__()
         self.channels, self.image_size = channels, image_size
         s = check_size(image_size, len(widths) - 1, "DCGANDiscriminator")
         p = kernel_size // 2
+        # the stride-2 convs' kernel: an odd one overlaps unevenly, so the gradient it sends the decoder
+        # has a checkerboard pattern (Odena et al. 2016); a kernel divisible by the stride does not
+        ks = int(strided_kernel_size or kernel_size)
+        ps = (ks - 1) // 2                                  # halves the size for even and odd kernels
         layers = [nn.Sequential(_sn(nn.Conv2d(channels, widths[0], kernel_size, padding=p), spectral_norm),
                                 nn.LeakyReLU(0.2))]
         cin = widths[0]
         for w in widths[1:]:
             norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(w)
             layers.append(nn.Sequential(
-                _sn(nn.Conv2d(cin, w, kernel_size, stride=2, padding=p, bias=spectral_norm), spectral_norm),
+                _sn(nn.Conv2d(cin, w, ks, stride=2, padding=ps, bias=spectral_norm), spectral_norm),
                 norm, nn.LeakyReLU(0.2)))
             cin = w
         fc_norm = nn.Identity() if spectral_norm else nn.BatchNorm1d(fc_width)
