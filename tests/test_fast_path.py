@@ -76,6 +76,7 @@ def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_
         torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-10, msg=name)
     with torch.no_grad():                                  # inference takes PyTorch's own path
         torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast(x[0]), ref(x[0]), rtol=1e-10, atol=1e-10)   # unbatched: PyTorch's path too
 
 
 def test_cpu_kernels_leave_other_layers_alone():

@@ -56,7 +56,7 @@ class CPUConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d with the weight gradient computed as an ordinary convolution's (on the CPU)."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if (x.device.type != "cpu" or output_size is not None or not torch.is_grad_enabled()
+        if (x.device.type != "cpu" or x.dim() != 4 or output_size is not None or not torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu")):     # bf16 autocast: PyTorch's path casts for us
             return super().forward(x, output_size)
         return _ConvTranspose2dFn.apply(x, self.weight, self.bias, self.stride, self.padding,
