@@ -77,7 +77,8 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
     name = _net_name(feature_net)
     cache = real_cache if real_cache is not None else {}
     f_fake = extract_features(feature_net, fake, batch_size, device)
-    net_key = ("features", _net_hash(feature_net))
+    net_hash = _net_hash(feature_net)
+    net_key = ("features", net_hash)
     if net_key not in cache:
         cache[net_key] = extract_features(feature_net, real, batch_size, device)
     f_real = cache[net_key]
@@ -99,7 +100,7 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
         inc = inception if isinstance(inception, nn.Module) else InceptionFeatures(inception)
         out["fid_inception"] = frechet_distance(extract_features(inc, real, min(batch_size, 64), device),
                                                 extract_features(inc, fake, min(batch_size, 64), device))
-    out.update({"feature_net_hash": _net_hash(feature_net), "num_samples": int(fake.shape[0]),
+    out.update({"feature_net_hash": net_hash, "num_samples": int(fake.shape[0]),
                 "num_real": int(real.shape[0])})
     return out
 
