@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+#: facegen's overrides for the seed's model and recipe (seed_vae, its ELBO, Adam 1e-3 with default betas)
+SEED_RECIPE = ["model=seed_vae", "loss=vae", "optimizer.lr=1e-3", "optimizer.betas=[0.9,0.999]"]
 
 
 def _windows(step, warmup: int, windows: int, steps_per_window: int, batch: int, sync) -> dict:
@@ -166,10 +168,10 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
 def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
     """seed_vae three ways in one process, their timing windows taken in turn, so that all three see
     the same machine load (a shared or thermally busy CPU drifts by more than the differences)."""
-    seed_vae = ["model=seed_vae", "loss=vae", "optimizer.lr=1e-3", "optimizer.betas=[0.9,0.999]"]
     steps = {"seed_pipeline": _seed_step(device_name, csv_path),
-             "facegen": _facegen_step(device_name, seed_vae, 100)[0],
-             "facegen_without_cpu_kernels": _facegen_step(device_name, [*seed_vae, "trainer.cpu_kernels=false"], 100)[0]}
+             "facegen": _facegen_step(device_name, SEED_RECIPE, 100)[0],
+             "facegen_without_cpu_kernels": _facegen_step(device_name, [*SEED_RECIPE, "trainer.cpu_kernels=false"],
+                                                          100)[0]}
     sync = _sync(device_name)
     for step in steps.values():
         for _ in range(5):
@@ -247,8 +249,7 @@ def main() -> None:
     seed = training["seed_pipeline_seed_vae_batch100"] = _run_worker([*dev, *flags, "--worker", "seed", str(csv_path)])
     emit()
     fast = training["facegen_seed_vae_batch100"] = _run_worker(
-        [*dev, *flags, "--worker", "facegen_seed", "model=seed_vae", "loss=vae", "optimizer.lr=1e-3",
-         "optimizer.betas=[0.9,0.999]"])
+        [*dev, *flags, "--worker", "facegen_seed", *SEED_RECIPE])
     if "img_per_s" in seed and "img_per_s" in fast:
         training["speedup_seed_vae"] = round(fast["img_per_s"] / seed["img_per_s"], 2)
     emit()
