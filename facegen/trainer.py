@@ -121,10 +121,29 @@ class Trainer:
         # what the forward pass calls: DDP and/or compiled wrappers around the same parameters
         self.calls = dist.wrap(self.nets, self.device) if self.world_size > 1 else dict(self.nets)
         self.compiled = False
+        self._compiled_steps_ran: set[str] = set()  # which step kinds (VAE warm-up, VAE-GAN) ran compiled
+        self._per_network_losses = self.loss.per_network_losses if self.loss.needs_discriminator else None
         if self._resolve_auto(t.compile, default=self.device.type == "cuda"):
             mode = t.get("compile_mode") or None
-            self.calls = {n: torch.compile(m, backend=t.compile_backend, mode=mode) for n, m in self.calls.items()}
-            self.compiled = True
+            which = t.get("compile_parts", "auto")
+            if str(which) == "auto":
+                # a VAE-GAN step back-propagates through its decoder and discriminator more than once, and
+                # a compiled module's backward computes all of its gradients every time: on an H200 that
+                # was slower than eager (README, performance); its loss terms alone fuse well
+                which = ["loss"] if self.loss.needs_discriminator else list(NETWORKS)
+            which = list(which)
+            if set(which) - {*NETWORKS, "loss"}:
+                raise TrainingError(f"trainer.compile_parts={which}: each entry must be one of "
+                                    f"{[*NETWORKS, 'loss']} (or auto)")
+            self.calls = {n: torch.compile(m, backend=t.compile_backend, mode=mode) if n in which else m
+                          for n, m in self.calls.items()}
+            if "loss" in which and self.loss.needs_discriminator:
+                # the step back-propagates through the losses three times (retain_graph=True), which
+                # AOTAutograd's donated buffers forbid; its backward compiles lazily, so this is global
+                torch._functorch.config.donated_buffer = False
+                self._per_network_losses = torch.compile(self.loss.per_network_losses, backend=t.compile_backend,
+                                                         mode=mode)
+            self.compiled = any(n in which for n in self.calls) or ("loss" in which and self.loss.needs_discriminator)
 
         blocker = self._cuda_graphs_blocker()
         want_graphs = str(t.get("cuda_graphs", "auto")).lower()  # YAML gives a bool for true/false
@@ -272,7 +291,7 @@ class Trainer:
                                 f"(it has layers 0..{unwrap(self.model.discriminator).num_layers - 1})")
         recon = generated[:b]
         l_real, l_recon, l_prior = logits.split(b)
-        losses, terms = loss.per_network_losses(
+        losses, terms = self._per_network_losses(
             x=x, recon=recon, mu=mu.float(), logvar=logvar.float(), logits_real=l_real, logits_recon=l_recon,
             logits_prior=l_prior, feats_real=feats[:b], feats_recon=feats[b:2 * b], step=self.step)
         self._zero_grad()
@@ -373,15 +392,24 @@ class Trainer:
         step = self._step_vaegan if self.loss.needs_discriminator and not self._warming_up() else self._step_vae
         if not self.compiled:
             return step(x)
+        # until a step of this kind has run compiled, keep the RNG state: a step that fails half-way (e.g.
+        # in the compiled loss terms, after the networks drew their noise) is retried with the same draws
+        before = rng_state() if step.__name__ not in self._compiled_steps_ran else None
         try:
-            return step(x)
+            out = step(x)
+            self._compiled_steps_ran.add(step.__name__)
+            return out
         except Exception as e:  # compilation fails lazily, at the first call: fall back to eager
             if str(self.cfg.trainer.compile).lower() == "true" and not self._compile_fallback_ok():
                 raise
             print(f"[facegen] torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "training on without it (trainer.compile=false)", flush=True)
             self.calls = {n: getattr(m, "_orig_mod", m) for n, m in self.calls.items()}
+            if self._per_network_losses is not None:
+                self._per_network_losses = self.loss.per_network_losses
             self.compiled = False
+            if before is not None:
+                set_rng_state(before)
             return step(x)
 
     def _compile_fallback_ok(self) -> bool:

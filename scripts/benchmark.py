@@ -12,7 +12,8 @@
   then the seed pipeline, facegen, and facegen without its CPU kernels once more in one process,
   timing windows in turn (``seed_vae_same_process``: the fairest ratio on a noisy machine).
 - ``--variant NAME:OVERRIDES`` adds runs of the VAE-GAN with other settings (comma-separated Hydra
-  overrides), e.g. ``--variant b1024:data.batch_size=1024 --variant eager:trainer.compile=false``.
+  overrides; commas inside [...] stay in their list), e.g. ``--variant b1024:data.batch_size=1024 --variant
+  eager:trainer.compile=false --variant enc:trainer.compile_parts=[encoder,decoder]``.
 - ``--out FILE`` also writes the JSON there after every stage, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -166,12 +168,13 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
 
 
 def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
-    """seed_vae three ways in one process, their timing windows taken in turn, so that all three see
+    """seed_vae two or three ways in one process, their timing windows taken in turn, so that all three see
     the same machine load (a shared or thermally busy CPU drifts by more than the differences)."""
     steps = {"seed_pipeline": _seed_step(device_name, csv_path),
-             "facegen": _facegen_step(device_name, SEED_RECIPE, 100)[0],
-             "facegen_without_cpu_kernels": _facegen_step(device_name, [*SEED_RECIPE, "trainer.cpu_kernels=false"],
-                                                          100)[0]}
+             "facegen": _facegen_step(device_name, SEED_RECIPE, 100)[0]}
+    if device_name == "cpu":  # the CPU kernels are for the CPU only
+        steps["facegen_without_cpu_kernels"] = _facegen_step(
+            device_name, [*SEED_RECIPE, "trainer.cpu_kernels=false"], 100)[0]
     sync = _sync(device_name)
     for step in steps.values():
         for _ in range(5):
@@ -179,10 +182,10 @@ def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(4 if quick else 8):
         for name, step in steps.items():
-            rates[name].append(_windows(step, 0, 1, 10, 100, sync)["img_per_s"])
+            rates[name].append(_windows(step, 0, 1, 50 if device_name == "cuda" else 10, 100, sync)["img_per_s"])
     out = {name: {"img_per_s": round(statistics.median(r), 1), "windows": r} for name, r in rates.items()}
     base = out["seed_pipeline"]["img_per_s"]
-    for name in ("facegen", "facegen_without_cpu_kernels"):
+    for name in steps.keys() - {"seed_pipeline"}:
         out[f"speedup_{name}"] = round(out[name]["img_per_s"] / base, 2)
     return out
 
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here after every stage")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDES",
                         help="an extra VAE-GAN run with comma-separated overrides (repeatable)")
+    parser.add_argument("--variants-only", action="store_true", help="measure the --variant runs alone")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -221,7 +225,7 @@ def main() -> None:
 
     import torch
 
-    from benchmark_data import BENCH_DIR, DEFAULT_FER, benchmark_data, build_age_gender_csv
+    from benchmark_data import DEFAULT_FER, benchmark_data
 
     result: dict = {
         "machine": {
@@ -242,10 +246,25 @@ def main() -> None:
     if not args.skip_data:
         result["data"] = benchmark_data(quick=args.quick, fer=fer)
         emit()
-    csv_path = build_age_gender_csv(fer, 2000 if args.quick else 23705, BENCH_DIR)
     flags = ["--quick"] if args.quick else []
     dev = ["--device", args.device]
     training = result["training"] = {}
+    if not args.variants_only:
+        measure_standard_rows(training, fer, args, flags, dev, emit)
+    for variant in args.variant:
+        name, _, overrides = variant.partition(":")
+        over = [o for o in re.split(r",(?![^\[]*\])", overrides) if o]  # a comma inside [...] is the list's
+        res = _run_worker([*dev, *flags, "--worker", "facegen_vaegan", *over])
+        training[f"facegen_vaegan_{name}"] = {"overrides": overrides, **res}
+        emit()
+    print(json.dumps(result, indent=2))
+
+
+def measure_standard_rows(training: dict, fer: Path, args, flags: list[str], dev: list[str], emit) -> None:
+    """The seed pipeline vs facegen on seed_vae (separate processes and one process), the default VAE-GAN."""
+    from benchmark_data import BENCH_DIR, build_age_gender_csv
+
+    csv_path = build_age_gender_csv(fer, 2000 if args.quick else 23705, BENCH_DIR)
     seed = training["seed_pipeline_seed_vae_batch100"] = _run_worker([*dev, *flags, "--worker", "seed", str(csv_path)])
     emit()
     fast = training["facegen_seed_vae_batch100"] = _run_worker(
@@ -257,12 +276,6 @@ def main() -> None:
     emit()
     training["seed_vae_same_process"] = _run_worker([*dev, *flags, "--worker", "same_process", str(csv_path)])
     emit()
-    for variant in args.variant:
-        name, _, overrides = variant.partition(":")
-        res = _run_worker([*dev, *flags, "--worker", "facegen_vaegan", *[o for o in overrides.split(",") if o]])
-        training[f"facegen_vaegan_{name}"] = {"overrides": overrides, **res}
-        emit()
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

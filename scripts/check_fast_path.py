@@ -25,6 +25,7 @@ SWITCHES = {
     "bf16": ["trainer.precision=bf16-mixed"],
     "compile": ["trainer.compile=true"],
     "cuda_graphs": ["trainer.cuda_graphs=true"],
+    "compile_loss_graphs": ["trainer.compile=true", "trainer.compile_parts=[loss]", "trainer.cuda_graphs=true"],
     "all_auto": ["trainer.channels_last=auto", "trainer.data_on_device=auto", "trainer.precision=auto",
                  "trainer.compile=auto", "trainer.cuda_graphs=auto"],
     "vae_all_auto": ["model=seed_vae", "loss=vae", "trainer.channels_last=auto", "trainer.data_on_device=auto",
@@ -53,6 +54,7 @@ def run(device: str, switch: list[str], steps: int = 7) -> tuple[list[dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--switch", action="append", choices=sorted(SWITCHES), help="check only these (repeatable)")
     args = parser.parse_args()
     import torch
 
@@ -61,6 +63,8 @@ def main() -> None:
     base, _ = run(args.device, [])
     base_vae, _ = run(args.device, ["model=seed_vae", "loss=vae"])
     for key, switch in SWITCHES.items():
+        if args.switch and key not in args.switch:
+            continue
         t = time.perf_counter()
         try:
             fast, info = run(args.device, switch)

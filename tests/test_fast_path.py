@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from facegen.models.cpu_kernels import use_cpu_kernels
-from facegen.trainer import Trainer
+from facegen.trainer import Trainer, TrainingError
 
 PLAIN = ["trainer.channels_last=false", "trainer.cpu_kernels=false", "trainer.data_on_device=false",
          "trainer.precision=32", "trainer.compile=false", "loss.equilibrium=null", "trainer.cuda_graphs=false"]
@@ -32,6 +32,8 @@ def _losses(tiny_cfg, *switch: str, steps: int = 3) -> list[dict[str, float]]:
     (["trainer.precision=bf16-mixed"], 5e-2),
     (["trainer.precision=bf16-mixed", "trainer.cpu_kernels=true"], 5e-2),
     (["trainer.compile=true", "trainer.compile_backend=aot_eager"], 1e-3),
+    (["trainer.compile=true", "trainer.compile_backend=aot_eager", "trainer.compile_parts=[decoder]"], 1e-3),
+    (["trainer.compile=true", "trainer.compile_backend=aot_eager", "trainer.compile_parts=[loss]"], 1e-3),
 ])
 def test_switch_matches_the_plain_path(tiny_cfg, switch, rtol):
     plain = _losses(tiny_cfg)
@@ -39,6 +41,29 @@ def test_switch_matches_the_plain_path(tiny_cfg, switch, rtol):
     for step, (a, b) in enumerate(zip(plain, fast)):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=rtol, abs=1e-5 if rtol else 0), f"step {step} {k}"
+
+
+def _compiled(tr: Trainer) -> set[str]:
+    parts = {n for n, m in tr.calls.items() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)}
+    if tr._per_network_losses is not None and tr._per_network_losses != tr.loss.per_network_losses:
+        parts.add("loss")
+    return parts
+
+
+def test_compile_parts_compiles_only_those(tiny_cfg):
+    tr = Trainer(tiny_cfg("trainer.compile=true", "trainer.compile_backend=aot_eager",
+                          "trainer.compile_parts=[encoder,discriminator]"))
+    assert _compiled(tr) == {"encoder", "discriminator"} and tr.compiled
+    tr.close()
+    # auto: a VAE-GAN compiles its loss terms only, a VAE its networks
+    tr = Trainer(tiny_cfg("trainer.compile=true", "trainer.compile_backend=aot_eager"))
+    assert _compiled(tr) == {"loss"} and tr.compiled
+    tr.close()
+    tr = Trainer(tiny_cfg("trainer.compile=true", "trainer.compile_backend=aot_eager", "model=seed_vae", "loss=vae"))
+    assert _compiled(tr) == {"encoder", "decoder"}
+    tr.close()
+    with pytest.raises(TrainingError, match="compile_parts.*generator"):
+        Trainer(tiny_cfg("trainer.compile=true", "trainer.compile_parts=[generator]"))
 
 
 def test_vae_fast_path_matches_too(tiny_cfg):
@@ -91,7 +116,8 @@ def test_cpu_kernels_leave_other_layers_alone():
 @pytest.mark.slow
 def test_inductor_compile_matches(tiny_cfg):
     plain = _losses(tiny_cfg)
-    fast = _losses(tiny_cfg, "trainer.compile=true", "trainer.compile_backend=inductor")
+    fast = _losses(tiny_cfg, "trainer.compile=true", "trainer.compile_backend=inductor",
+                   "trainer.compile_parts=[encoder,decoder,discriminator,loss]")
     for a, b in zip(plain, fast):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5)
@@ -156,7 +182,6 @@ def test_device_gate_agrees_with_the_host_gate_everywhere():
 
 
 def test_cuda_graphs_auto_is_off_on_cpu_and_true_says_why(tiny_cfg):
-    from facegen.trainer import TrainingError
 
     tr = Trainer(tiny_cfg())
     assert tr._graphs is False and tr._cuda_graphs_blocker() == "not on CUDA"
