@@ -33,6 +33,35 @@ def test_every_preset_builds_and_keeps_shapes(preset, size, channels):
     assert unit.min() >= 0 and unit.max() <= 1
 
 
+def _nyquist_energy(x: torch.Tensor) -> float:
+    """Mean power of the period-2 pattern of each map's interior (the checkerboard's frequency)."""
+    x = x.detach()[..., 2:-2, 2:-2]
+    sign = (torch.arange(x.shape[-2])[:, None] + torch.arange(x.shape[-1])[None, :]) % 2 * 2 - 1
+    return float(((x - x.mean(dim=(-2, -1), keepdim=True)) * sign).mean(dim=(-2, -1)).pow(2).mean())
+
+
+@pytest.mark.parametrize("mode", ["transpose", "transpose_blur", "resize"])
+def test_upsampling_modes_double_the_size_and_blur_removes_the_grid(mode):
+    from facegen.models.blocks import Upsample2x
+
+    torch.manual_seed(0)
+    up = Upsample2x(8, 6, mode, kernel_size=3)
+    for p in up.parameters():      # four phase-dependent kernels, as a GAN can make them
+        nn.init.normal_(p)
+    x = torch.ones(2, 8, 12, 12)   # a flat input: any grid in the output is the layer's own
+    y = up(x)
+    assert y.shape == (2, 6, 24, 24)
+    grid = _nyquist_energy(y)
+    if mode == "transpose":
+        assert grid > 1.0
+    else:
+        assert grid < 1e-10
+    y.sum().backward()             # the fixed filter has no parameters but passes gradients
+    assert all(p.grad is not None for p in up.parameters())
+    assert [n for n, _ in up.named_parameters()] == (["body.0.weight"] if mode == "transpose_blur" else
+                                                      ["body.weight"] if mode == "transpose" else ["body.1.weight"])
+
+
 def test_single_network_override_mixes_families():
     cfg = compose_config("train", ["model=dcgan", "model/discriminator=resnet"])
     model = build_model(cfg.model)

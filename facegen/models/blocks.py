@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -14,22 +15,43 @@ def check_size(image_size: int, stages: int, who: str) -> int:
     return s
 
 
-class Upsample2x(nn.Module):
-    """Doubles the resolution without checkerboard artifacts.
+class Blur(nn.Module):
+    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass filter per channel (same size out): it removes the
+    period-2 pattern (the Nyquist frequency) completely and halves a period-4 one."""
 
-    `transpose` uses a 4x4 stride-2 transposed conv (kernel divisible by the stride, so every output
-    pixel gets the same number of contributions); `resize` is nearest-neighbour resize then a conv.
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone(),
+                             persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        return F.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+
+
+class Upsample2x(nn.Module):
+    """Doubles the resolution.
+
+    `transpose`: a 4x4 stride-2 transposed conv (kernel divisible by the stride, so every output
+    pixel gets the same number of contributions; learned weights can still differ between the four
+    output phases, and a GAN term brings that out as a fine grid). `transpose_blur`: the same, then
+    a fixed [1, 2, 1] low-pass filter, as StyleGAN's upsampling does: no period-2 grid can pass it.
+    `resize`: nearest-neighbour resize then a conv (no grid by construction, more compute).
     """
 
     def __init__(self, cin: int, cout: int, mode: str = "transpose", kernel_size: int = 5) -> None:
         super().__init__()
-        if mode == "transpose":
+        if mode in ("transpose", "transpose_blur"):
             self.body = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)
+            if mode == "transpose_blur":
+                self.body = nn.Sequential(self.body, Blur(cout))
         elif mode == "resize":
             self.body = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                       nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False))
         else:
-            raise ValueError(f"upsample must be 'transpose' or 'resize', got {mode!r}")
+            raise ValueError(f"upsample must be 'transpose', 'transpose_blur' or 'resize', got {mode!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
