@@ -59,6 +59,13 @@ def generator_gan_loss(*fake_logits: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the squared norm of the discriminator's gradient at real faces,
+    per image, averaged; differentiable (create_graph), so the discriminator can be trained on it."""
+    grad, = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 def equilibrium_gate(real_cost: float, fake_cost: float, equilibrium: float, margin: float) -> tuple[bool, bool]:
     """The paper's gate, as in its code: returns (train_decoder_gan, train_discriminator).
 
@@ -114,6 +121,8 @@ class VAEGANLoss:
     instance_noise: the standard deviation of Gaussian noise added to every image the discriminator
     sees (Sønderby et al. 2016), faded to 0 over instance_noise_steps (0: constant); a face and its
     reconstruction get the same noise, so the feature reconstruction still compares like with like.
+    r1_weight: gamma of the R1 gradient penalty on real faces, added to the discriminator's loss as
+    gamma / 2 * r1_penalty (a smooth discriminator that a texture cannot fool as easily).
     """
 
     kl_weight: float = 1.0
@@ -127,6 +136,7 @@ class VAEGANLoss:
     vae_warmup_steps: int = 0
     instance_noise: float = 0.0
     instance_noise_steps: int = 0
+    r1_weight: float = 0.0
 
     needs_discriminator = True
 

@@ -27,7 +27,7 @@ from facegen import distributed as dist
 from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, find_latest_checkpoint,
                                 load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
 from facegen.logging import JSONLWriter
-from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor
+from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor, r1_penalty
 from facegen.models.cpu_kernels import use_cpu_kernels
 from facegen.models.vaegan import VAEGAN, build_model
 from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
@@ -280,7 +280,8 @@ class Trainer:
             z = self.model.reparameterize(mu, logvar)
             z_prior = torch.randn_like(z)
             generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
-            seen = torch.cat([x, generated])
+            x_real = x.detach().requires_grad_(True) if loss.r1_weight > 0 else x  # R1 needs dD/dx
+            seen = torch.cat([x_real, generated])
             sigma = loss.noise_std(self.step)
             if sigma > 0:   # instance noise: a face and its reconstruction share theirs, prior samples get their own
                 noise = torch.randn_like(generated)
@@ -294,6 +295,9 @@ class Trainer:
         losses, terms = self._per_network_losses(
             x=x, recon=recon, mu=mu.float(), logvar=logvar.float(), logits_real=l_real, logits_recon=l_recon,
             logits_prior=l_prior, feats_real=feats[:b], feats_recon=feats[b:2 * b], step=self.step)
+        if loss.r1_weight > 0:
+            terms["r1"] = r1_penalty(l_real, x_real)
+            losses["discriminator"] = losses["discriminator"] + 0.5 * loss.r1_weight * terms["r1"]
         self._zero_grad()
         params = self._params
         losses["encoder"].backward(inputs=params["encoder"], retain_graph=True)

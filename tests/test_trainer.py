@@ -262,6 +262,33 @@ def test_instance_noise_reaches_only_the_discriminator_and_fades(tiny_cfg):
     assert off == plain
 
 
+def test_r1_penalty_hand_case_and_only_the_discriminator_feels_it(tiny_cfg):
+    from facegen.losses import r1_penalty
+
+    x = torch.randn(4, 1, 3, 3, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3)
+    logits = (x * w).flatten(1).sum(1) + (x ** 2).flatten(1).sum(1)   # dD/dx = w + 2x per image
+    expected = (w + 2 * x.detach()).pow(2).flatten(1).sum(1).mean()
+    penalty = r1_penalty(logits, x)
+    assert float(penalty.detach()) == pytest.approx(float(expected), rel=1e-6)
+    penalty.backward()                                                 # differentiable: create_graph
+    assert torch.allclose(x.grad, w + 2 * x.detach(), rtol=1e-5)  # d/dx_i of mean_i ‖w + 2x_i‖²
+
+    def first_step(*extra):
+        tr = Trainer(tiny_cfg("trainer.channels_last=false", "loss.equilibrium=null", *extra))
+        values = tr.train_step(tr._batch(tr.data.train_batches(0)[0]))
+        state = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in tr.nets.items()}
+        tr.close()
+        return {k: float(v.detach()) for k, v in values.items()}, state
+
+    (plain, s0), (r1, s1) = first_step(), first_step("loss.r1_weight=10")
+    assert r1["loss/r1"] > 0 and "loss/r1" not in plain
+    assert r1["loss/kl"] == plain["loss/kl"] and r1["loss/gan_discriminator"] == pytest.approx(
+        plain["loss/gan_discriminator"], rel=1e-6)                    # the same forward pass
+    assert all(torch.equal(s0[n][k], s1[n][k]) for n in ("encoder", "decoder") for k in s0[n])
+    assert any(not torch.equal(s0["discriminator"][k], s1["discriminator"][k]) for k in s0["discriminator"])
+
+
 def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
     from facegen.data import draw_faces
     from facegen.metrics import save_feature_net, train_feature_net
