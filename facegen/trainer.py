@@ -137,13 +137,14 @@ class Trainer:
                                     f"{[*NETWORKS, 'loss']} (or auto)")
             self.calls = {n: torch.compile(m, backend=t.compile_backend, mode=mode) if n in which else m
                           for n, m in self.calls.items()}
-            if "loss" in which and self.loss.needs_discriminator:
+            compile_loss = "loss" in which and self.loss.needs_discriminator
+            if compile_loss:
                 # the step back-propagates through the losses three times (retain_graph=True), which
                 # AOTAutograd's donated buffers forbid; its backward compiles lazily, so this is global
                 torch._functorch.config.donated_buffer = False
                 self._per_network_losses = torch.compile(self.loss.per_network_losses, backend=t.compile_backend,
                                                          mode=mode)
-            self.compiled = any(n in which for n in self.calls) or ("loss" in which and self.loss.needs_discriminator)
+            self.compiled = compile_loss or any(n in which for n in self.calls)
 
         blocker = self._cuda_graphs_blocker()
         want_graphs = str(t.get("cuda_graphs", "auto")).lower()  # YAML gives a bool for true/false

@@ -30,30 +30,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
     from torch.profiler import ProfilerActivity, profile
 
-    from facegen.trainer import Trainer
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmark import _facegen_step  # the benchmark's trainer step, so both measure the same thing
 
-    over = [f"trainer.device={args.device}", "trainer.progress_bar=false", "logger=none", "data.num_images=2000",
-            "trainer.cuda_graphs=false", *args.overrides]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", over)
-    with open_dict(cfg):
-        cfg.paths.output_dir = "/tmp/facegen-profile"
-    tr = Trainer(cfg)
+    step, tr = _facegen_step(args.device, ["trainer.cuda_graphs=false", *args.overrides], None)
     cuda = tr.device.type == "cuda"
-    batches = tr.data.train_batches(0)
-    batch = tr._batch(batches[0])
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(tr.device)
-
-    def step() -> None:
-        tr._accumulate(tr.train_step(batch))
-        tr.step += 1
 
     for _ in range(10 if tr.compiled else 3):
         step()
@@ -72,7 +59,8 @@ def main() -> None:
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     if cuda:  # device-side kernels (and memcpy/memset), from the trace's device events
         for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
+            # (user annotations such as Optimizer.step span kernels counted here already)
+            if ev.device_type == torch.autograd.DeviceType.CUDA and not getattr(ev, "is_user_annotation", False):
                 per_kernel[ev.name][0] += 1
                 per_kernel[ev.name][1] += ev.device_time / 1000
     else:  # the CPU: every operator call, with its self time (what kernels and their time are there)
