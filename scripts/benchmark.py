@@ -168,8 +168,8 @@ def worker_facegen(device_name: str, overrides: list[str], quick: bool, batch: i
 
 
 def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
-    """seed_vae two or three ways in one process, their timing windows taken in turn, so that all three see
-    the same machine load (a shared or thermally busy CPU drifts by more than the differences)."""
+    """seed_vae two ways (three on the CPU) in one process, their timing windows taken in turn, so that
+    all see the same machine load (a shared or thermally busy CPU drifts by more than the differences)."""
     steps = {"seed_pipeline": _seed_step(device_name, csv_path),
              "facegen": _facegen_step(device_name, SEED_RECIPE, 100)[0]}
     if device_name == "cpu":  # the CPU kernels are for the CPU only

@@ -182,7 +182,6 @@ def test_device_gate_agrees_with_the_host_gate_everywhere():
 
 
 def test_cuda_graphs_auto_is_off_on_cpu_and_true_says_why(tiny_cfg):
-
     tr = Trainer(tiny_cfg())
     assert tr._graphs is False and tr._cuda_graphs_blocker() == "not on CUDA"
     tr.close()
