@@ -126,3 +126,36 @@ def test_each_discriminator_names_its_default_feature_layer():
     for preset, layer in (("dcgan", 3), ("resnet", 2)):
         dis = build_model(compose_config("train", [f"model={preset}"]).model).discriminator
         assert dis.default_feature_layer == layer and dis.default_feature_layer < dis.num_layers
+
+
+def _axis_nyquist_fraction(g: torch.Tensor) -> float:
+    """Share of a map's interior energy in the period-2 pattern along rows or along columns (fx or fy = 1/2)."""
+    g = g.detach()[..., 8:-8, 8:-8].double()
+    h, w = g.shape[-2:]
+    sx = (torch.arange(w) % 2 * 2 - 1).double()
+    sy = (torch.arange(h) % 2 * 2 - 1).double()[:, None]
+    along_x = (g * sx).sum(-1).pow(2).sum(-1) / w     # each row's energy in its (-1)^x component
+    along_y = (g * sy).sum(-2).pow(2).sum(-1) / h
+    return float(((along_x + along_y) / g.pow(2).sum(dim=(-2, -1))).mean())
+
+
+def test_discriminator_blur_keeps_the_layers_and_sends_no_period_2_gradient():
+    """model.discriminator.blur: anti-aliased stride-2 convs (a fixed low-pass before each): the same
+    layers, parameters and feature shapes, and a fraction of the period-2 content in the gradient the
+    decoder gets (without it, about white noise's share; what is left comes from the activations'
+    masks, which no fixed filter removes)."""
+    share = {}
+    for blur in (False, True):
+        cfg = compose_config("train", ["model=dcgan", "model.discriminator.kernel_size=3",
+                                       f"model.discriminator.blur={str(blur).lower()}"])
+        torch.manual_seed(0)
+        dis = build_model(cfg.model).discriminator.eval()
+        assert [tuple(dis(torch.rand(2, 1, 48, 48), i)[1].shape) for i in range(dis.num_layers)] == \
+            [(2, 16, 48, 48), (2, 32, 24, 24), (2, 32, 12, 12), (2, 32, 6, 6), (2, 128)]
+        x = torch.rand(8, 1, 48, 48, requires_grad=True)
+        dis(x)[0].sum().backward()
+        share[blur] = _axis_nyquist_fraction(x.grad)
+        n_params = sum(p.numel() for p in dis.parameters())
+        share[f"params_{blur}"] = n_params
+    assert share["params_False"] == share["params_True"]          # the filter has no parameters
+    assert share[False] > 0.04 and share[True] < 0.35 * share[False], share

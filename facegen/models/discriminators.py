@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from facegen.models.blocks import PreActResBlock, check_size
+from facegen.models.blocks import Blur, PreActResBlock, check_size
 
 
 def _sn(module: nn.Module, spectral: bool) -> nn.Module:
@@ -26,7 +26,8 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, channels: int = 1, image_size: int = 48,
                  widths: Sequence[int] = (32, 128, 256, 256), kernel_size: int = 5,
-                 fc_width: int = 512, spectral_norm: bool = False, strided_kernel_size: int | None = None) -> None:
+                 fc_width: int = 512, spectral_norm: bool = False, strided_kernel_size: int | None = None,
+                 blur: bool = False) -> None:
         super().__init__()
         self.channels, self.image_size = channels, image_size
         s = check_size(image_size, len(widths) - 1, "DCGANDiscriminator")
@@ -40,9 +41,12 @@ class DCGANDiscriminator(nn.Module):
         cin = widths[0]
         for w in widths[1:]:
             norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(w)
-            layers.append(nn.Sequential(
-                _sn(nn.Conv2d(cin, w, ks, stride=2, padding=ps, bias=spectral_norm), spectral_norm),
-                norm, nn.LeakyReLU(0.2)))
+            conv = _sn(nn.Conv2d(cin, w, ks, stride=2, padding=ps, bias=spectral_norm), spectral_norm)
+            # blur: a fixed low-pass before each stride-2 conv (anti-aliased downsampling, as in
+            # StyleGAN2's discriminator): the gradient the decoder receives through the stride loses
+            # its period-2 pattern (the activations' masks still bring some back)
+            layers.append(nn.Sequential(Blur(cin), conv, norm, nn.LeakyReLU(0.2)) if blur
+                          else nn.Sequential(conv, norm, nn.LeakyReLU(0.2)))
             cin = w
         fc_norm = nn.Identity() if spectral_norm else nn.BatchNorm1d(fc_width)
         layers.append(nn.Sequential(nn.Flatten(), _sn(nn.Linear(cin * s * s, fc_width), spectral_norm),
