@@ -100,8 +100,7 @@ def main() -> None:
 
     runs = read_runs(args.runs)
     real = limit_faces(read_faces(args.real), args.num_samples, 0).images
-    net = default_feature_net(read_faces(args.train) if not args.feature_net else None,
-                              cache_dir=args.cache_dir,
+    net = default_feature_net(None if args.feature_net else read_faces(args.train), cache_dir=args.cache_dir,
                               path=args.feature_net)
     cache: dict = {}
     per_run: dict[str, dict] = {}

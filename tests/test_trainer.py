@@ -323,3 +323,25 @@ def test_readme_training_variants_run_one_tiny_epoch(tiny_cfg, extra):
     assert ckpt["finished"] and ckpt["epoch"] == 1 and value is not None and math.isfinite(value)
     if "optimizer=rmsprop" in extra:  # the paper's decay: 0.75 per epoch
         assert ckpt["optimizers"]["encoder"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 0.75)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_each_experiment_composes_its_recipe_and_runs_one_tiny_step(tiny_cfg, experiment):
+    """experiment=fer_vae_baseline / fer_vaegan: the recipe's own values, and one step on real faces."""
+    fer = ROOT.parent / "shared" / "data" / "fer2013"
+    if not (fer / "train").is_dir():
+        pytest.skip(f"{fer} is absent")
+    full = compose_config("train", [f"experiment={experiment}"])
+    assert full.trainer.max_time == 600 and full.data._target_.endswith("FolderFaces")
+    if experiment == "fer_vaegan":
+        assert (full.data.batch_size, list(full.model.decoder.widths), full.model.discriminator.kernel_size,
+                full.loss.margin, full.loss._target_) == (16, [64, 64, 16], 3, 0.2, "facegen.losses.VAEGANLoss")
+    else:
+        assert (full.data.batch_size, full.model.encoder._target_, full.loss._target_) == \
+            (100, "facegen.models.encoders.SeedEncoder", "facegen.losses.VAELoss")
+    cfg = tiny_cfg(f"experiment={experiment}", "data=fer2013", f"data.path={fer / 'train'}",
+                   f"data.val_path={fer / 'validation'}", "data.limit=64", "trainer.max_steps=1",
+                   f"model={'seed_vae' if experiment == 'fer_vae_baseline' else 'dcgan'}")
+    value = train(cfg)
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 1 and value is not None and math.isfinite(value)
