@@ -39,10 +39,12 @@ def read_runs(path: Path) -> list[dict[str, str]]:
         raise SystemExit(f"{path}: missing column(s) {', '.join(sorted(missing))}; "
                          "the header must be `name,checkpoint,judged`")
     for i, row in enumerate(rows, start=2):
-        row["judged"] = row["judged"].strip().lower()
+        row["judged"] = (row["judged"] or "").strip().lower()   # a short line leaves it None
         if row["judged"] not in JUDGEMENTS:
             raise SystemExit(f"{path}, line {i}: judged={row['judged']!r}; write good or bad")
-        checkpoint = Path(row["checkpoint"])
+        if not (row["checkpoint"] or "").strip():
+            raise SystemExit(f"{path}, line {i}: no checkpoint; give its path in the second column")
+        checkpoint = Path(row["checkpoint"].strip())
         if not checkpoint.is_absolute():
             checkpoint = (path.parent / checkpoint) if (path.parent / checkpoint).exists() else checkpoint
         if not checkpoint.is_file():
