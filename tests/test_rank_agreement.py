@@ -33,21 +33,15 @@ def test_runs_file_errors_name_the_line_and_what_to_do(tmp_path):
     rows = ra.read_runs(f)        # a path relative to the file, any case of good/bad
     assert [(r["name"], r["judged"]) for r in rows] == [("vae", "good"), ("gan", "bad")]
     assert rows[1]["checkpoint"] == str(ckpt)
-    f.write_text(f"name,checkpoint,judged\nvae,{ckpt}\n")      # a short line: no judgement
-    with pytest.raises(SystemExit, match=r"line 2: judged=''; write good or bad"):
-        ra.read_runs(f)
-    f.write_text(f"name,checkpoint,judged\nvae,{ckpt},fine\n")
-    with pytest.raises(SystemExit, match=r"line 2: judged='fine'; write good or bad"):
-        ra.read_runs(f)
-    f.write_text(f"name,checkpoint,judged\nvae,{ckpt},good\ngan,,bad\n")
-    with pytest.raises(SystemExit, match="line 3: no checkpoint; give its path"):
-        ra.read_runs(f)
-    f.write_text(f"name,checkpoint,judged\nvae,{ckpt},good\ngan,missing.pt,bad\n")
-    with pytest.raises(SystemExit, match="line 3: checkpoint missing.pt not found"):
-        ra.read_runs(f)
-    f.write_text(f"name,checkpoint,judged\nvae,{ckpt},good\n")
-    with pytest.raises(SystemExit, match="at least one good and one bad"):
-        ra.read_runs(f)
-    f.write_text(f"name,path\nvae,{ckpt}\n")
-    with pytest.raises(SystemExit, match="missing column.*checkpoint, judged"):
-        ra.read_runs(f)
+    head = "name,checkpoint,judged\n"
+    for body, message in [
+        (f"{head}vae,{ckpt}\n", r"line 2: judged=''; write good or bad"),         # a short line: no judgement
+        (f"{head}vae,{ckpt},fine\n", r"line 2: judged='fine'; write good or bad"),
+        (f"{head}vae,{ckpt},good\ngan,,bad\n", "line 3: no checkpoint; give its path"),
+        (f"{head}vae,{ckpt},good\ngan,missing.pt,bad\n", "line 3: checkpoint missing.pt not found"),
+        (f"{head}vae,{ckpt},good\n", "at least one good and one bad"),
+        (f"name,path\nvae,{ckpt}\n", "missing column.*checkpoint, judged"),
+    ]:
+        f.write_text(body)
+        with pytest.raises(SystemExit, match=message):
+            ra.read_runs(f)
