@@ -123,6 +123,9 @@ class VAEGANLoss:
     reconstruction get the same noise, so the feature reconstruction still compares like with like.
     r1_weight: gamma of the R1 gradient penalty on real faces, added to the discriminator's loss as
     gamma / 2 * r1_penalty (a smooth discriminator that a texture cannot fool as easily).
+    min_dis_every: the discriminator trains at every step that is a multiple of this, whatever the
+    gate says (0: the gate alone decides): a floor under its share of the steps, which the gate
+    otherwise lets fall to 1-7% (docs/recipe.md).
     """
 
     kl_weight: float = 1.0
@@ -137,8 +140,17 @@ class VAEGANLoss:
     instance_noise: float = 0.0
     instance_noise_steps: int = 0
     r1_weight: float = 0.0
+    min_dis_every: int = 0
 
     needs_discriminator = True
+
+    def __post_init__(self) -> None:
+        if int(self.min_dis_every) < 0:
+            raise ValueError(f"loss.min_dis_every must be 0 (off) or a number of steps, got {self.min_dis_every}")
+
+    def forces_discriminator(self, step: int) -> bool:
+        """Whether training step ``step`` trains the discriminator whatever the gate says."""
+        return self.min_dis_every > 0 and step % int(self.min_dis_every) == 0
 
     def noise_std(self, step: int) -> float:
         """instance_noise at training step ``step``, linearly faded to 0 over instance_noise_steps."""

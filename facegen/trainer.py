@@ -215,6 +215,8 @@ class Trainer:
             return "the equilibrium gate needs a host sync"
         if getattr(loss, "pixel_weight", 0) and getattr(loss, "pixel_warmup_steps", 0):
             return "loss.pixel_warmup_steps changes the step's constants every step"
+        if getattr(loss, "equilibrium", None) is not None and getattr(loss, "min_dis_every", 0):
+            return "loss.min_dis_every decides on the host which steps train the discriminator"
         if getattr(loss, "instance_noise", 0) and getattr(loss, "instance_noise_steps", 0):
             return "loss.instance_noise_steps changes the step's constants every step"
         if self.compiled and str(t.get("compile_mode")).lower() in ("reduce-overhead", "max-autotune"):
@@ -308,6 +310,8 @@ class Trainer:
             # discriminator's fused optimizer step is skipped on the device (its found_inf flag)
             dec_gate, dis_gate = equilibrium_gate_tensor(loss.gate_costs(l_real, l_prior), loss.equilibrium,
                                                          loss.margin)
+            if loss.forces_discriminator(self.step):
+                dis_gate = torch.ones_like(dis_gate)
             (losses["decoder"] + dec_gate * losses["decoder_gan"]).backward(inputs=params["decoder"],
                                                                              retain_graph=True)
             losses["discriminator"].backward(inputs=params["discriminator"])
@@ -322,6 +326,7 @@ class Trainer:
         if loss.equilibrium is not None:
             real_cost, fake_cost = loss.gate_costs(l_real, l_prior).tolist()
             train_dec_gan, train_dis = equilibrium_gate(real_cost, fake_cost, loss.equilibrium, loss.margin)
+            train_dis = train_dis or loss.forces_discriminator(self.step)
         decoder_loss = losses["decoder"] + losses["decoder_gan"] if train_dec_gan else losses["decoder"]
         decoder_loss.backward(inputs=params["decoder"], retain_graph=train_dis)
         stepped = ["encoder", "decoder"]

@@ -289,6 +289,24 @@ def test_r1_penalty_hand_case_and_only_the_discriminator_feels_it(tiny_cfg):
     assert any(not torch.equal(s0["discriminator"][k], s1["discriminator"][k]) for k in s0["discriminator"])
 
 
+def test_min_dis_every_trains_a_resting_discriminator_on_schedule(tiny_cfg):
+    with pytest.raises(ValueError, match="min_dis_every"):
+        VAEGANLoss(min_dis_every=-1)
+    # equilibrium 100, margin 0: every cost is below the gate's threshold, so the gate rests D always
+    tr = Trainer(tiny_cfg("trainer.channels_last=false", "loss.equilibrium=100", "loss.margin=0",
+                          "loss.min_dis_every=2", "data.num_images=600"))
+    batches = tr.data.train_batches(0)
+    moved, gates = [], []
+    for i in range(5):
+        before = [p.detach().clone() for p in tr.model.discriminator.parameters()]
+        values = tr.train_step(tr._batch(batches[i]))
+        tr.step += 1
+        moved.append(any(not torch.equal(a, p) for a, p in zip(before, tr.model.discriminator.parameters())))
+        gates.append(float(values["gate/discriminator"]))
+    tr.close()
+    assert moved == [True, False, True, False, True] and gates == [1.0, 0.0, 1.0, 0.0, 1.0]
+
+
 def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
     from facegen.data import draw_faces
     from facegen.metrics import save_feature_net, train_feature_net
