@@ -125,7 +125,7 @@ class VAEGANLoss:
     gamma / 2 * r1_penalty (a smooth discriminator that a texture cannot fool as easily).
     min_dis_every: the discriminator trains at every step that is a multiple of this, whatever the
     gate says (0: the gate alone decides): a floor under its share of the steps, which the gate
-    otherwise lets fall to 1-7% (docs/recipe.md).
+    otherwise lets fall to 1-18% (docs/recipe.md).
     """
 
     kl_weight: float = 1.0
@@ -145,12 +145,13 @@ class VAEGANLoss:
     needs_discriminator = True
 
     def __post_init__(self) -> None:
-        if int(self.min_dis_every) < 0:
+        self.min_dis_every = int(self.min_dis_every)
+        if self.min_dis_every < 0:
             raise ValueError(f"loss.min_dis_every must be 0 (off) or a number of steps, got {self.min_dis_every}")
 
     def forces_discriminator(self, step: int) -> bool:
         """Whether training step ``step`` trains the discriminator whatever the gate says."""
-        return self.min_dis_every > 0 and step % int(self.min_dis_every) == 0
+        return self.min_dis_every > 0 and step % self.min_dis_every == 0
 
     def noise_std(self, step: int) -> float:
         """instance_noise at training step ``step``, linearly faded to 0 over instance_noise_steps."""
