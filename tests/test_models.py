@@ -158,3 +158,44 @@ def test_discriminator_blur_keeps_the_layers_and_sends_less_period_2_gradient():
         params[blur] = sum(p.numel() for p in dis.parameters())
     assert params[False] == params[True]          # the filter has no parameters
     assert share[False] > 0.04 and share[True] < 0.35 * share[False], share
+
+
+def test_minibatch_std_measures_each_groups_spread_and_keeps_kinds_apart():
+    """MinibatchStd (ProGAN): one extra channel, constant per group of consecutive images, equal to
+    the features' mean standard deviation over the group: 0 for a group of one image repeated."""
+    from facegen.models.blocks import MinibatchStd
+    torch.manual_seed(0)
+    varied = torch.randn(4, 3, 5, 5)
+    repeated = varied[:1].expand(4, 3, 5, 5)
+    out = MinibatchStd(4)(torch.cat([varied, repeated]))            # two groups: the kinds stay apart
+    assert out.shape == (8, 4, 5, 5) and torch.equal(out[:, :3], torch.cat([varied, repeated]))
+    expected = varied.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+    assert torch.allclose(out[:4, 3], expected.expand(4, 5, 5), atol=1e-6)
+    assert out[4:, 3].abs().max() < 1e-3                              # a repeated pattern shows as ~0
+    # the group is the largest divisor of the batch up to the size asked: 6 images -> groups of 3
+    six = MinibatchStd(4)(torch.cat([varied[:3], repeated[:3]]))
+    assert six[:3, 3].min() > 0.5 and six[3:, 3].abs().max() < 1e-3
+    assert MinibatchStd(4)(varied[:1])[:, 3].abs().max() == 0         # one image: no spread, no error
+    with pytest.raises(ValueError, match="group_size=1"):
+        MinibatchStd(1)
+
+
+@pytest.mark.parametrize("preset", ["dcgan", "resnet"])
+def test_discriminator_minibatch_std_option_sees_repetition_and_keeps_features(preset):
+    """model.discriminator.minibatch_std=4: same layers and Dis_l features as without it (the channel
+    joins at the head), and the logit now depends on the rest of the group: a face among copies of
+    itself scores differently than among other faces; off, it does not."""
+    logit_moves = {}
+    for g in (0, 4):
+        cfg = compose_config("train", [f"model={preset}", f"model.discriminator.minibatch_std={g}"])
+        torch.manual_seed(0)
+        dis = instantiate(cfg.model.discriminator).eval()
+        x = torch.rand(4, 1, 48, 48)
+        layer = dis.default_feature_layer
+        with torch.no_grad():
+            logits, feats = dis(x, layer)
+            same_logits, same_feats = dis(x[:1].expand(4, 1, 48, 48), layer)
+        assert dis.num_layers == (5 if preset == "dcgan" else 3) and feats.shape[0] == 4
+        assert torch.allclose(feats[0], same_feats[0], atol=1e-5)   # features: per image either way
+        logit_moves[g] = float((logits[0] - same_logits[0]).abs())
+    assert logit_moves[0] < 1e-5 < logit_moves[4]

@@ -31,6 +31,34 @@ class Blur(nn.Module):
         return F.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
 
 
+class MinibatchStd(nn.Module):
+    """Appends one channel: how much the images of a small group differ (Karras et al. 2018, ProGAN).
+
+    The features' standard deviation over each group of `group_size` consecutive images, averaged
+    over channels and pixels, as a constant map. A discriminator that sees single images cannot
+    tell that many generated ones are the same pattern (partial mode collapse); with this channel it
+    can. Not in torch or torchvision. Groups are consecutive, so a batch made of equal blocks (real,
+    reconstructed, prior) keeps its kinds apart when the group size divides the block size; the
+    group is the largest divisor of the batch that is at most `group_size`.
+    """
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        if int(group_size) < 2:
+            raise ValueError(f"minibatch std group_size={group_size}: needs at least 2 images per group")
+        self.group_size = int(group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = next(d for d in range(min(self.group_size, n), 0, -1) if n % d == 0)
+        if g == 1:                       # a single image (or a prime-sized batch): no spread to measure
+            return torch.cat([x, x.new_zeros(n, 1, h, w)], dim=1)
+        y = x.float().reshape(n // g, g, c, h, w)
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))   # one value per group
+        stat = std.repeat_interleave(g).to(x.dtype).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+        return torch.cat([x, stat], dim=1)
+
+
 class Upsample2x(nn.Module):
     """Doubles the resolution.
 

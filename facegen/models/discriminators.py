@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from facegen.models.blocks import Blur, PreActResBlock, check_size
+from facegen.models.blocks import Blur, MinibatchStd, PreActResBlock, check_size
 
 
 def _sn(module: nn.Module, spectral: bool) -> nn.Module:
@@ -22,12 +22,14 @@ class DCGANDiscriminator(nn.Module):
     Layers are numbered 0..len(widths) (the convs, then the FC 512); `feature_layer` picks one.
     LeakyReLU(0.2) rather than the paper's ReLU: the usual choice for a stable GAN discriminator.
     With `spectral_norm` the BNs are dropped (spectral normalisation takes their role).
+    `minibatch_std` (a group size, 0 = off) appends the minibatch standard deviation channel to the
+    last conv's output, inside the FC layer, so layer numbers and the features Dis_l sees are unchanged.
     """
 
     def __init__(self, channels: int = 1, image_size: int = 48,
                  widths: Sequence[int] = (32, 128, 256, 256), kernel_size: int = 5,
                  fc_width: int = 512, spectral_norm: bool = False, strided_kernel_size: int | None = None,
-                 blur: bool = False) -> None:
+                 blur: bool = False, minibatch_std: int = 0) -> None:
         super().__init__()
         self.channels, self.image_size = channels, image_size
         s = check_size(image_size, len(widths) - 1, "DCGANDiscriminator")
@@ -49,7 +51,9 @@ class DCGANDiscriminator(nn.Module):
                           else nn.Sequential(conv, norm, nn.LeakyReLU(0.2)))
             cin = w
         fc_norm = nn.Identity() if spectral_norm else nn.BatchNorm1d(fc_width)
-        layers.append(nn.Sequential(nn.Flatten(), _sn(nn.Linear(cin * s * s, fc_width), spectral_norm),
+        mbstd = [MinibatchStd(minibatch_std)] if minibatch_std else []
+        layers.append(nn.Sequential(*mbstd, nn.Flatten(),
+                                    _sn(nn.Linear((cin + bool(mbstd)) * s * s, fc_width), spectral_norm),
                                     fc_norm, nn.LeakyReLU(0.2)))
         self.layers = nn.ModuleList(layers)
         self.head = _sn(nn.Linear(fc_width, 1), spectral_norm)
@@ -77,10 +81,12 @@ class ResNetDiscriminator(nn.Module):
     """Residual blocks (no BN, LeakyReLU), each halving the resolution, then FC 1.
 
     Layers are numbered 0..len(widths)-1 (the blocks); `feature_layer` picks one.
+    `minibatch_std` (a group size, 0 = off): the minibatch standard deviation channel before the head.
     """
 
     def __init__(self, channels: int = 1, image_size: int = 48,
-                 widths: Sequence[int] = (32, 64, 128), spectral_norm: bool = False) -> None:
+                 widths: Sequence[int] = (32, 64, 128), spectral_norm: bool = False,
+                 minibatch_std: int = 0) -> None:
         super().__init__()
         self.channels, self.image_size = channels, image_size
         s = check_size(image_size, len(widths), "ResNetDiscriminator")
@@ -90,8 +96,9 @@ class ResNetDiscriminator(nn.Module):
             blocks.append(PreActResBlock(cin, w, resample="down", norm=False, spectral=spectral_norm))
             cin = w
         self.layers = nn.ModuleList(blocks)
-        self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Flatten(),
-                                  _sn(nn.Linear(cin * s * s, 1), spectral_norm))
+        mbstd = [MinibatchStd(minibatch_std)] if minibatch_std else []
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), *mbstd, nn.Flatten(),
+                                  _sn(nn.Linear((cin + bool(mbstd)) * s * s, 1), spectral_norm))
 
     @property
     def num_layers(self) -> int:
