@@ -46,7 +46,8 @@ from facegen.metrics import (
 REAL_SETS = ("val", "train", "path")
 #: Which way each metric is better, for the printed table (keys without an entry have no direction).
 BETTER = {"fd": "lower", "kid": "lower", "fid_inception": "lower", "precision": "higher", "recall": "higher",
-          "density": "near 1", "coverage": "higher", "sharpness_ratio": "near 1", "spectral_distance": "lower",
+          "density": "near 1", "coverage": "higher", "sharpness_ratio": "near 1", "texture_outliers": "lower",
+          "spectral_distance": "lower",
           "recon_mse": "lower", "recon_psnr": "higher", "recon_ssim": "higher", "recon_feature_distance": "lower"}
 
 

@@ -35,7 +35,7 @@ from tests.conftest import ROOT, SEED_CKPT, compose_config, tiny_overrides
 
 needs_seed = pytest.mark.skipif(not SEED_CKPT.is_file(), reason=f"{SEED_CKPT} is absent")
 KEYS = ["fd_facenet", "kid_facenet", "kid_facenet_std", "precision", "recall", "density", "coverage",
-        "fd_eigenfaces", "sharpness_ratio", "spectral_distance", "recon_mse", "recon_psnr", "recon_ssim", "recon_feature_distance",
+        "fd_eigenfaces", "sharpness_ratio", "texture_outliers", "spectral_distance", "recon_mse", "recon_psnr", "recon_ssim", "recon_feature_distance",
         "feature_net_hash", "num_samples", "num_real"]
 TINY_VAL = 24  # the tiny run's 96 faces with val_fraction 0.25
 # The seed names no data: a few synthetic faces for it (30 of them held out).

@@ -28,6 +28,7 @@ from facegen.metrics import (
     save_feature_net,
     sharpness_ratio,
     spectral_distance,
+    texture_outliers,
     train_feature_net,
 )
 from facegen.metrics.features import DEGRADATIONS, augment, degrade, label_targets, weights_hash
@@ -278,6 +279,23 @@ def test_sharpness_ratio_of_a_known_pattern():
     assert sharpness_ratio(board * 0.5 + 0.25, board) == pytest.approx(0.25, rel=1e-9)
 
 
+def test_texture_outliers_count_the_samples_sharper_than_real_faces(faces):
+    """Real against other real faces: ~1% (the 99th percentile's definition); blur: 0; a set where
+    one face in ten is replaced by a stripe pattern (a GAN's partial collapse): at least that tenth,
+    while the sharpness ratio of the same set hardly tells it from the clean one."""
+    a, b = faces["a"], faces["b"]
+    assert texture_outliers(b, a) <= 0.04
+    assert texture_outliers(blur(b, 1), a) == 0
+    stripes = ((torch.arange(48)[:, None] + torch.arange(48)[None, :]) // 3 % 2 * 255).to(torch.uint8)
+    collapsed = b.clone()
+    collapsed[::10] = stripes                                     # 60 of the 600 faces
+    share = texture_outliers(collapsed, a)
+    print("texture outliers real / blur / 10% stripes:", texture_outliers(b, a), share)
+    assert 0.1 <= share <= 0.14
+    assert texture_outliers(collapsed, a, quantile=0.5) > texture_outliers(collapsed, a)
+    assert texture_outliers(a, a) == pytest.approx(0.01, abs=0.005)
+
+
 def test_reconstruction_metrics_identity_and_known_error(net, faces):
     x = faces["a"][:20].float() / 255 * 0.6 + 0.2  # [0.2, 0.8]: +0.1 stays in range
     same = reconstruction_metrics(x, x.clone(), net)
@@ -298,8 +316,8 @@ def test_compute_metrics_keys_and_values(net, faces):
     fake = blur(faces["b"], 1)
     out = compute_metrics(fake, faces["a"], net, kid_subsets=10)
     assert set(out) == {"fd_facenet", "kid_facenet", "kid_facenet_std", "precision", "recall", "density",
-                        "coverage", "fd_eigenfaces", "sharpness_ratio", "spectral_distance", "feature_net_hash", "num_samples",
-                        "num_real"}
+                        "coverage", "fd_eigenfaces", "sharpness_ratio", "texture_outliers", "spectral_distance",
+                        "feature_net_hash", "num_samples", "num_real"}
     assert out["feature_net_hash"] == net.hash and out["num_samples"] == HALF and out["num_real"] == HALF
     assert out["fd_facenet"] == pytest.approx(frechet_distance(extract_features(net, faces["a"]),
                                                                extract_features(net, fake)), rel=1e-9)

@@ -42,6 +42,7 @@ from facegen.metrics.image_stats import (
     reconstruction_metrics,
     sharpness_ratio,
     spectral_distance,
+    texture_outliers,
 )
 
 
@@ -64,8 +65,8 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
     """All metrics of samples against real faces (and of reconstructions against their inputs).
 
     Keys: fd_<net>, kid_<net>, kid_<net>_std, precision, recall, density, coverage,
-    fd_eigenfaces, sharpness_ratio, spectral_distance, feature_net_hash, num_samples, num_real; the recon_* keys
-    when `recon01` and `real_for_recon01` are given; fid_inception when `inception` (a module or
+    fd_eigenfaces, sharpness_ratio, texture_outliers, spectral_distance, feature_net_hash, num_samples,
+    num_real; the recon_* keys when `recon01` and `real_for_recon01` are given; fid_inception when `inception` (a module or
     a local InceptionV3 weights file) is given. Images are uint8 or float in [0, 1].
     ``real_cache``: a dict kept by the caller for one real set (the same ``real01`` every call): the
     real faces' features and eigenfaces are computed on the first call and reused by later ones
@@ -92,6 +93,7 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
         **precision_recall_density_coverage(f_real, f_fake, k),
         "fd_eigenfaces": eigenface_distance(fake, real, real_eigenfaces=cache["eigenfaces"]),
         "sharpness_ratio": sharpness_ratio(fake, real),
+        "texture_outliers": texture_outliers(fake, real),
         "spectral_distance": spectral_distance(fake, real),
     }
     if recon01 is not None:
@@ -162,5 +164,6 @@ __all__ = [
     "eigenface_distance", "eigenfaces", "extract_features", "frechet_distance", "frechet_distance_from_stats", "gaussian_stats",
     "kernel_distance", "laplacian_variance", "load_feature_net", "nearest_neighbours",
     "precision_recall_density_coverage", "quick_metrics", "radial_log_spectrum", "reconstruction_metrics",
-    "save_feature_net", "sharpness_ratio", "spectral_distance", "train_feature_net", "weights_hash",
+    "save_feature_net", "sharpness_ratio", "spectral_distance", "texture_outliers", "train_feature_net",
+    "weights_hash",
 ]
