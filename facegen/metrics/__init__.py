@@ -66,8 +66,8 @@ def compute_metrics(fake01: torch.Tensor | np.ndarray, real01: torch.Tensor | np
 
     Keys: fd_<net>, kid_<net>, kid_<net>_std, precision, recall, density, coverage,
     fd_eigenfaces, sharpness_ratio, texture_outliers, spectral_distance, feature_net_hash, num_samples,
-    num_real; the recon_* keys when `recon01` and `real_for_recon01` are given; fid_inception when `inception` (a module or
-    a local InceptionV3 weights file) is given. Images are uint8 or float in [0, 1].
+    num_real; the recon_* keys when `recon01` and `real_for_recon01` are given; fid_inception when
+    `inception` (a module or a local InceptionV3 weights file) is given. Images are uint8 or float in [0, 1].
     ``real_cache``: a dict kept by the caller for one real set (the same ``real01`` every call): the
     real faces' features and eigenfaces are computed on the first call and reused by later ones
     (``facegen.evaluate ... baseline=`` measures two models against the same faces).
