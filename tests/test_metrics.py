@@ -281,8 +281,7 @@ def test_sharpness_ratio_of_a_known_pattern():
 
 def test_texture_outliers_count_the_samples_sharper_than_real_faces(faces):
     """Real against other real faces: ~1% (the 99th percentile's definition); blur: 0; a set where
-    one face in ten is replaced by a stripe pattern (a GAN's partial collapse): at least that tenth,
-    while the sharpness ratio of the same set hardly tells it from the clean one."""
+    one face in ten is replaced by a stripe pattern (a GAN's partial collapse): at least that tenth."""
     a, b = faces["a"], faces["b"]
     assert texture_outliers(b, a) <= 0.04
     assert texture_outliers(blur(b, 1), a) == 0
