@@ -2,7 +2,7 @@
 
     python scripts/bench_cpu_kernels.py [--threads 2] [--batch 100] [--repeats 10]
 
-Per layer of the seed decoder and the default (dcgan) decoder that the kernels can replace: forward plus
+Per layer (or batch norm + activation pair) of the seed decoder and the default (dcgan) decoder that the kernels can replace: forward plus
 backward milliseconds for a channels_last batch, best of --repeats, PyTorch's layer and facegen's in
 alternation so both see the same machine load.
 """
@@ -19,12 +19,19 @@ import torch.nn as nn
 
 from facegen.models.cpu_kernels import use_cpu_kernels
 
+def _bn_act(channels: int, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels), act)
+
+
 LAYERS = {
     "seed decoder ConvTranspose2d 64->64 k3, 6->12 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 6)),
     "seed decoder ConvTranspose2d 64->64 k3, 12->24 px": (lambda: nn.ConvTranspose2d(64, 64, 3, 2, 1, 1), (64, 12)),
     "seed decoder ConvTranspose2d 64->32 k3, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 3, 2, 1, 1), (64, 24)),
     "seed decoder final Conv2d 32->1 k3, 48 px": (lambda: nn.Conv2d(32, 1, 3, padding=1), (32, 48)),
     "dcgan decoder ConvTranspose2d 64->32 k4, 24->48 px": (lambda: nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), (64, 24)),
+    "seed decoder BatchNorm2d + LeakyReLU, 32 ch, 48 px": (lambda: _bn_act(32, nn.LeakyReLU(0.01)), (32, 48)),
+    "seed decoder BatchNorm2d + LeakyReLU, 64 ch, 24 px": (lambda: _bn_act(64, nn.LeakyReLU(0.01)), (64, 24)),
+    "dcgan decoder BatchNorm2d + ReLU, 32 ch, 48 px": (lambda: _bn_act(32, nn.ReLU()), (32, 48)),
 }
 
 

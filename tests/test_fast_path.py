@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from facegen.models.cpu_kernels import use_cpu_kernels
+from facegen.models.cpu_kernels import CPUBatchNormAct, FusedActivation, use_cpu_kernels
 from facegen.trainer import Trainer, TrainingError
 
 PLAIN = ["trainer.channels_last=false", "trainer.cpu_kernels=false", "trainer.data_on_device=false",
@@ -82,35 +82,114 @@ def test_vae_fast_path_matches_too(tiny_cfg):
     (lambda: nn.Conv2d(8, 1, 3, padding=1, bias=False), (3, 8, 6, 6)),
 ])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_last):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_kernels_give_pytorchs_outputs_and_gradients(layer, shape, channels_last, dtype):
+    """Against PyTorch's layer in float64: float64 inputs agree to 1e-10 (the transposed convolution's
+    gradient is the same arithmetic; the one-channel conv takes PyTorch's path there), float32 ones
+    (the one-channel conv's numba kernels when channels_last) to 1e-5 of the largest entry."""
     torch.manual_seed(0)
     ref = layer().double()
-    fast = copy.deepcopy(ref)
+    fast = copy.deepcopy(ref).to(dtype)
     assert use_cpu_kernels(fast) == 1 and isinstance(fast, type(ref))
     assert fast.state_dict().keys() == ref.state_dict().keys()
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+
+    def close(a, b, msg=""):
+        scale = b.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(a.double() / scale, b / scale, rtol=0, atol=tol, msg=msg or None)
+
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt)
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xr, xf = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
     yr, yf = ref(xr), fast(xf)
-    torch.testing.assert_close(yf, yr, rtol=1e-10, atol=1e-10)
+    assert yf.dtype == dtype
+    close(yf, yr)
     g = torch.randn_like(yr)
     yr.backward(g)
-    yf.backward(g)
-    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    yf.backward(g.to(dtype))
+    close(xf.grad, xr.grad)
     for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-10, msg=name)
+        assert pf.grad.shape == pr.grad.shape
+        close(pf.grad, pr.grad, msg=name)
     with torch.no_grad():                                  # inference takes PyTorch's own path
-        torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(fast(x[0]), ref(x[0]), rtol=1e-10, atol=1e-10)   # unbatched: PyTorch's path too
+        close(fast(x.to(dtype)), ref(x))
+    close(fast(x[0].to(dtype)), ref(x[0]))                 # unbatched: PyTorch's path too
+
+
+@pytest.mark.parametrize("act", [nn.LeakyReLU(0.01), nn.LeakyReLU(0.2), nn.ReLU()], ids=["lrelu.01", "lrelu.2", "relu"])
+@pytest.mark.parametrize("shape,bn_kwargs", [
+    ((40, 32, 24, 24), {}),                       # 23,040 rows: 90 blocks of 256
+    ((3, 5, 7, 5), {}),                           # 105 rows, less than one block
+    ((4, 6, 5, 5), {"momentum": None}),           # cumulative running averages
+    ((4, 6, 5, 5), {"affine": False}),
+], ids=["big", "small", "cumulative", "no-affine"])
+def test_fused_batchnorm_activation_matches_float64(act, shape, bn_kwargs):
+    """The fused kernels (float32) against PyTorch's batch norm + activation in float64: outputs, every
+    gradient and the running statistics, over several training steps, then eval mode."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.BatchNorm2d(shape[1], **bn_kwargs), act)
+    if ref[0].affine:
+        nn.init.uniform_(ref[0].weight, 0.5, 1.5)
+        nn.init.normal_(ref[0].bias)
+    fast = copy.deepcopy(ref)
+    assert use_cpu_kernels(fast) == 1
+    assert type(fast[0]) is CPUBatchNormAct and type(fast[1]) is FusedActivation
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    ref.double()
+    for _ in range(3):
+        x = (torch.randn(*shape) * 3 + 1).contiguous(memory_format=torch.channels_last)
+        xr, xf = x.double().requires_grad_(), x.clone().requires_grad_()
+        yr, yf = ref(xr), fast(xf)
+        assert yf.dtype == torch.float32 and yf.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(yf.double(), yr, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(yf)
+        yr.backward(g.double())
+        yf.backward(g)
+        scale = xr.grad.abs().max()
+        torch.testing.assert_close(xf.grad.double() / scale, xr.grad / scale, rtol=0, atol=1e-5)
+        for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(pf.grad.double(), pr.grad, rtol=1e-5, atol=1e-4, msg=name)
+            pf.grad = pr.grad = None
+    for (name, br), bf in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(bf.double(), br.double(), rtol=1e-5, atol=1e-6, msg=name)
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x).double(), ref(x.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batchnorm_falls_back_to_pytorch_with_the_activation():
+    """Inputs the kernels do not take (not channels_last, float64) go through PyTorch's batch norm, and
+    the activation is still applied (its own module now passes its input on)."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.2))
+    fast = copy.deepcopy(ref)
+    assert use_cpu_kernels(fast) == 1
+    for x in (torch.randn(3, 2, 6, 6), torch.randn(3, 2, 6, 6, dtype=torch.float64)):
+        r, f = copy.deepcopy(ref).to(x.dtype), copy.deepcopy(fast).to(x.dtype)
+        yf = f(x)
+        torch.testing.assert_close(yf, r(x))
+        assert (yf < 0).any()                                 # the leaky slope is there
+        torch.testing.assert_close(f[1].running_mean, r[1].running_mean)
 
 
 def test_cpu_kernels_leave_other_layers_alone():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 5, padding=2), nn.Conv2d(4, 1, 3, stride=2),
                         nn.utils.spectral_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1)),
-                        nn.ConvTranspose2d(4, 4, 3, groups=2), nn.Linear(3, 3))
-    assert use_cpu_kernels(net) == 0
+                        nn.ConvTranspose2d(4, 4, 3, groups=2), nn.Linear(3, 3),
+                        nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),          # a batch norm not followed by an activation
+                        nn.BatchNorm1d(4), nn.ReLU(), nn.BatchNorm2d(4), nn.Tanh())
+
+    class Block(nn.Module):  # not an nn.Sequential: its forward decides the order, so nothing is fused
+        def __init__(self):
+            super().__init__()
+            self.bn, self.act = nn.BatchNorm2d(4), nn.ReLU()
+
+    block = Block()
+    assert use_cpu_kernels(net) == 0 and use_cpu_kernels(block) == 0
     assert [type(m) for m in net] == [nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.ConvTranspose2d, nn.ConvTranspose2d,
-                                      nn.Linear]
+                                      nn.Linear, nn.BatchNorm2d, nn.Conv2d, nn.BatchNorm1d, nn.ReLU,
+                                      nn.BatchNorm2d, nn.Tanh]
+    assert type(block.bn) is nn.BatchNorm2d and type(block.act) is nn.ReLU
 
 
 @pytest.mark.slow
