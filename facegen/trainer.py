@@ -12,6 +12,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, fi
                                 load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
 from facegen.logging import JSONLWriter
 from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor, r1_penalty
-from facegen.models.cpu_kernels import use_cpu_kernels
+from facegen.models.cpu_kernels import use_cpu_kernels, warm_up as warm_up_cpu_kernels
 from facegen.models.vaegan import VAEGAN, build_model
 from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
 
@@ -44,13 +45,18 @@ class _Stop(Exception):
 
 
 def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: int,
-                     fused: bool = False) -> tuple[dict, dict]:
-    """One optimizer per network; `lr_<network>` overrides `lr`; an optional per-epoch scheduler."""
+                     fused: bool = False, progress: Callable[[], float] | None = None) -> tuple[dict, dict]:
+    """One optimizer per network; `lr_<network>` overrides `lr`; an optional scheduler: per epoch
+    (exponential, cosine) or, for `budget`, stepped every training step with `progress()`, the share
+    of the run's budget used (0 to 1)."""
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
     lr = cfg.pop("lr")
     per_net = {n: cfg.pop(f"lr_{n}", None) for n in NETWORKS}
     scheduler = cfg.pop("scheduler", "none") or "none"
     decay = cfg.pop("decay", 1.0)
+    final = float(cfg.pop("final_lr_fraction", 0.1))
+    if scheduler == "budget" and progress is None:
+        raise ValueError("optimizer.scheduler=budget needs the run's progress (the trainer gives it)")
     cfg.pop("name", None)
     cfg["_partial_"] = True
     if fused and cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW"):
@@ -63,8 +69,11 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
             schedulers[name] = torch.optim.lr_scheduler.ExponentialLR(optimizers[name], gamma=decay)
         elif scheduler == "cosine":
             schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizers[name], T_max=max(1, epochs))
+        elif scheduler == "budget":   # linear from lr to lr * final over the budget, whatever its unit
+            schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                optimizers[name], lambda _: 1.0 - (1.0 - final) * min(1.0, max(0.0, progress())))
         elif scheduler != "none":
-            raise ValueError(f"optimizer.scheduler must be none, exponential or cosine, got {scheduler!r}")
+            raise ValueError(f"optimizer.scheduler must be none, exponential, cosine or budget, got {scheduler!r}")
     return optimizers, schedulers
 
 
@@ -97,8 +106,11 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # faster CPU gradients for transposed and one-channel convolutions (same parameters, same numbers)
         self.cpu_kernels = self._resolve_auto(t.cpu_kernels, default=self.device.type == "cpu")
-        if self.cpu_kernels:
-            use_cpu_kernels(self.model)
+        if self.cpu_kernels and use_cpu_kernels(self.model):
+            took = warm_up_cpu_kernels()
+            if took > 3 and self.is_main:
+                print(f"[facegen] compiled facegen's CPU kernels in {took:.0f} s (the first run only: numba caches "
+                      "them on disk)", flush=True)
         self.nets = {n: getattr(self.model, n) for n in NETWORKS if getattr(self.model, n) is not None}
         self._params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.nets.items()}
         self._feature_layer = None
@@ -106,7 +118,8 @@ class Trainer:
             fl = getattr(self.loss, "feature_layer", None)
             self._feature_layer = self.model.discriminator.default_feature_layer if fl is None else int(fl)
         self.optimizers, self.schedulers = build_optimizers(
-            cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda")
+            cfg.optimizer, self.nets, int(t.epochs), fused=self.device.type == "cuda", progress=self.budget_used)
+        self._per_step_schedulers = cfg.optimizer.get("scheduler") == "budget"
         # the equilibrium gate without a host sync needs a fused discriminator optimizer (CUDA's
         # fused Adam skips a step on its found_inf flag); elsewhere the gate is read on the host
         dis_opt = self.optimizers.get("discriminator")
@@ -200,6 +213,29 @@ class Trainer:
         # a captured CUDA graph must not keep autocast's cached weight casts (PyTorch's graph docs)
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self._graphs)
 
+    def budget_used(self) -> float:
+        """The share of the run's budget used so far, 0 to 1: of trainer.max_time (seconds) and/or
+        trainer.max_steps, whichever ends the run first, else of trainer.epochs' steps."""
+        t = self.cfg.trainer
+        step, elapsed = getattr(self, "step", 0), getattr(self, "elapsed", 0.0)
+        shares = []
+        if t.max_time:
+            shares.append(elapsed / float(t.max_time))
+        if t.max_steps:
+            shares.append(step / int(t.max_steps))
+        if not shares:
+            shares.append(step / max(1, getattr(self, "_batches_per_epoch", 1) * int(t.epochs)))
+        return min(1.0, max(shares))
+
+    def _set_budget_lr(self) -> None:
+        """optimizer.scheduler=budget: each network's lr from the share of the budget used (set directly,
+        not by LambdaLR.step(), which would count steps and warn when it runs before an optimizer step)."""
+        if not self._per_step_schedulers:
+            return
+        for sched in self.schedulers.values():
+            for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * factor(self.step)
+
     def _cuda_graphs_blocker(self) -> str | None:
         """Why a whole training step cannot be captured as one CUDA graph here (None: it can)."""
         t, loss = self.cfg.trainer, self.loss
@@ -209,6 +245,8 @@ class Trainer:
             return "DistributedDataParallel"
         if t.detect_anomaly or t.profile_steps:
             return "anomaly detection or profiling"
+        if self.schedulers:   # a captured optimizer step keeps the learning rate it was captured with
+            return f"optimizer.scheduler={self.cfg.optimizer.get('scheduler')} changes the learning rate during the run"
         if not all(o.defaults.get("fused") for o in self.optimizers.values()):
             return "an optimizer without a fused CUDA step (use optimizer=adam)"
         if getattr(loss, "equilibrium", None) is not None and not self._gate_on_device:
@@ -448,6 +486,7 @@ class Trainer:
         bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.is_main and t.progress_bar),
                    desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
         t_start = time.monotonic() - self.elapsed
+        self._set_budget_lr()   # a resumed run with a larger budget: its schedule stretches from here
         self._log_t0 = time.monotonic()
         self.model.train()
         try:
@@ -472,6 +511,7 @@ class Trainer:
                         out_of_time = max_time is not None and self.elapsed >= max_time
                         if self.step % int(t.log_every) == 0 or (out_of_steps or out_of_time) and not last_in_epoch:
                             self._log(bar)
+                        self._set_budget_lr()   # the next step's lr, from the budget used so far
                         if self._stop_signal is not None:
                             self._save("last.pt")
                             raise _Stop()
@@ -509,8 +549,9 @@ class Trainer:
         self._log(bar)
         self.epoch += 1
         self.batch_in_epoch = 0
-        for sched in self.schedulers.values():
-            sched.step()
+        if not self._per_step_schedulers:
+            for sched in self.schedulers.values():
+                sched.step()
         record = {"epoch": self.epoch, "step": self.step, **self.validate()}
         every = self.cfg.trainer.eval_every
         if every and self.epoch % int(every) == 0:

@@ -211,6 +211,47 @@ def test_max_time_stops_close_to_the_budget_with_a_valid_checkpoint(tiny_cfg):
     assert (run / "reconstructions" / f"step_{step:06d}.png").is_file()
 
 
+def test_budget_lr_schedule_decays_linearly_over_the_steps_and_resumes_on_it(tiny_cfg):
+    """optimizer.scheduler=budget: lr -> lr * final_lr_fraction linearly over trainer.max_steps, set
+    every step (logged), and a resumed run picks the schedule up where it stopped."""
+    import json
+
+    over = ["optimizer.scheduler=budget", "optimizer.final_lr_fraction=0.2", "optimizer.lr=1e-3",
+            "trainer.log_every=1", "data.num_images=600", "trainer.epochs=100"]
+    cfg = tiny_cfg(*over, "trainer.max_steps=4")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr/decoder"] for r in logged if "lr/decoder" in r}
+    # each logged lr is the one its step used: step s starts with (s - 1) of the 4 steps used
+    assert [lrs[s] for s in (1, 2, 3, 4)] == pytest.approx([1e-3 * (1 - 0.8 * (s - 1) / 4) for s in (1, 2, 3, 4)])
+    # resumed with twice the budget: the schedule stretches to it from the step reached
+    cfg2 = tiny_cfg(*over, "trainer.max_steps=8", "trainer.resume=auto")
+    tr = Trainer(cfg2)
+    assert tr.step == 4 and tr.budget_used() == pytest.approx(0.5)
+    tr.fit()
+    tr.close()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr/decoder"] for r in logged if "lr/decoder" in r}
+    assert [lrs[s] for s in (5, 8)] == pytest.approx([1e-3 * (1 - 0.8 * 4 / 8), 1e-3 * (1 - 0.8 * 7 / 8)])
+    # the budget is used up: the optimizers end at 0.2 * lr
+    assert all(o.param_groups[0]["lr"] == pytest.approx(2e-4) for o in tr.optimizers.values())
+
+
+def test_budget_used_is_the_larger_share_of_time_and_steps(tiny_cfg):
+    tr = Trainer(tiny_cfg("trainer.max_time=60", "trainer.max_steps=100", "optimizer.scheduler=budget"))
+    assert tr.budget_used() == 0.0
+    tr.elapsed, tr.step = 30.0, 10
+    assert tr.budget_used() == pytest.approx(0.5)
+    tr.step = 80
+    assert tr.budget_used() == pytest.approx(0.8)
+    tr.elapsed = 90.0
+    assert tr.budget_used() == 1.0
+    tr.close()
+    with pytest.raises(ValueError, match="scheduler must be"):
+        Trainer(tiny_cfg("optimizer.scheduler=linear"))
+
+
 def test_equilibrium_gate_rules():
     from facegen.losses import equilibrium_gate
 
