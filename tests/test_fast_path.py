@@ -172,6 +172,19 @@ def test_fused_batchnorm_falls_back_to_pytorch_with_the_activation():
         torch.testing.assert_close(f[1].running_mean, r[1].running_mean)
 
 
+def test_numba_kernels_leave_torchs_thread_count_alone():
+    """numba's OpenMP layer sets the process's thread count to all cores when it starts; a
+    trainer.num_threads=1 run must stay on one thread (in a fresh process: it happens once)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1); from facegen.models.cpu_kernels import warm_up; "
+            "warm_up(); warm_up(); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"
+
+
 def test_cpu_kernels_leave_other_layers_alone():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 5, padding=2), nn.Conv2d(4, 1, 3, stride=2),
                         nn.utils.spectral_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1)),

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -247,18 +248,30 @@ def _block_sums(kernel, *args) -> tuple[np.ndarray, np.ndarray]:
     return a.sum(0, dtype=np.float64), b.sum(0, dtype=np.float64)
 
 
+@contextmanager
 def _numba_threads():
+    """Run numba on as many threads as torch, and give torch its thread count back: numba's OpenMP
+    layer sets the process's OpenMP thread count to NUMBA_NUM_THREADS (all cores) when it starts,
+    which would silently turn a `trainer.num_threads=1` run into an all-cores one (two such runs side
+    by side then fight over the cores: 3-4x slower, measured)."""
     import numba
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 class _BatchNormActFn(torch.autograd.Function):
     """Training-mode batch norm then a leaky ReLU (slope 0: ReLU) over channels_last float32 activations."""
 
     @staticmethod
+    @_numba_threads()
     def forward(ctx, x, weight, bias, bn: "CPUBatchNormAct"):
         k = _kernels()
-        _numba_threads()
         xr = _rows(x)
         m, c = xr.shape
         s, ss = _block_sums(k["_bn_stats"], xr)
@@ -277,9 +290,9 @@ class _BatchNormActFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_numba_threads()
     def backward(ctx, grad_y):
         k = _kernels()
-        _numba_threads()
         x, = ctx.saved_tensors
         scale, shift, mean, rstd, w, slope, has_w, has_b = ctx.consts
         g = grad_y.contiguous(memory_format=torch.channels_last)
@@ -341,9 +354,9 @@ class _OneChannelConvFn(torch.autograd.Function):
     """conv2d(x, weight [1, C, 3, 3], bias, stride 1, padding 1) of channels_last float32 x, by numba."""
 
     @staticmethod
+    @_numba_threads()
     def forward(ctx, x, weight, bias):
         k = _kernels()
-        _numba_threads()
         n, c, h, w = x.shape
         y = torch.empty(n, 1, h, w)
         b = np.float32(bias.detach().item()) if bias is not None else np.float32(0.0)
@@ -353,9 +366,9 @@ class _OneChannelConvFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_numba_threads()
     def backward(ctx, grad_y):
         k = _kernels()
-        _numba_threads()
         x, weight = ctx.saved_tensors
         n, c, h, w = x.shape
         dx = torch.empty_like(x, memory_format=torch.channels_last)
