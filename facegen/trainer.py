@@ -104,7 +104,7 @@ class Trainer:
         self.channels_last = self._resolve_auto(t.channels_last, default=True)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # faster CPU training: transposed and one-channel convs, batch norm + activation fused (same parameters, same numbers)
+        # faster CPU training: transposed and one-channel convs, batch norm + activation fused (same numbers)
         self.cpu_kernels = self._resolve_auto(t.cpu_kernels, default=self.device.type == "cpu")
         if self.cpu_kernels and use_cpu_kernels(self.model):
             took = warm_up_cpu_kernels()

@@ -2,9 +2,9 @@
 
     python scripts/bench_cpu_kernels.py [--threads 2] [--batch 100] [--repeats 10]
 
-Per layer (or batch norm + activation pair) of the seed decoder and the default (dcgan) decoder that the kernels can replace: forward plus
-backward milliseconds for a channels_last batch, best of --repeats, PyTorch's layer and facegen's in
-alternation so both see the same machine load.
+Per layer (or batch norm + activation pair) of the seed decoder and the default (dcgan) decoder
+that the kernels can replace: forward plus backward milliseconds for a channels_last batch, best of
+--repeats, PyTorch's layer and facegen's in alternation so both see the same machine load.
 """
 from __future__ import annotations
 
