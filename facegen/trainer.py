@@ -48,13 +48,16 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
                      fused: bool = False, progress: Callable[[], float] | None = None) -> tuple[dict, dict]:
     """One optimizer per network; `lr_<network>` overrides `lr`; an optional scheduler: per epoch
     (exponential, cosine) or, for `budget`, stepped every training step with `progress()`, the share
-    of the run's budget used (0 to 1)."""
+    of the run's budget used (0 to 1), where `final_lr_fraction_<network>` overrides
+    `final_lr_fraction` (1.0: that network's rate does not decay)."""
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
     lr = cfg.pop("lr")
     per_net = {n: cfg.pop(f"lr_{n}", None) for n in NETWORKS}
     scheduler = cfg.pop("scheduler", "none") or "none"
     decay = cfg.pop("decay", 1.0)
     final = float(cfg.pop("final_lr_fraction", 0.1))
+    finals = {n: cfg.pop(f"final_lr_fraction_{n}", None) for n in NETWORKS}
+    finals = {n: final if f is None else float(f) for n, f in finals.items()}
     if scheduler == "budget" and progress is None:
         raise ValueError("optimizer.scheduler=budget needs the run's progress (the trainer gives it)")
     cfg.pop("name", None)
@@ -71,7 +74,7 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
             schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizers[name], T_max=max(1, epochs))
         elif scheduler == "budget":   # linear from lr to lr * final over the budget, whatever its unit
             schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                optimizers[name], lambda _: 1.0 - (1.0 - final) * min(1.0, max(0.0, progress())))
+                optimizers[name], lambda _, f=finals[name]: 1.0 - (1.0 - f) * min(1.0, max(0.0, progress())))
         elif scheduler != "none":
             raise ValueError(f"optimizer.scheduler must be none, exponential, cosine or budget, got {scheduler!r}")
     return optimizers, schedulers

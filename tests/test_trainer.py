@@ -213,10 +213,12 @@ def test_max_time_stops_close_to_the_budget_with_a_valid_checkpoint(tiny_cfg):
 
 def test_budget_lr_schedule_decays_linearly_over_the_steps_and_resumes_on_it(tiny_cfg):
     """optimizer.scheduler=budget: lr -> lr * final_lr_fraction linearly over trainer.max_steps, set
-    every step (logged), and a resumed run picks the schedule up where it stopped."""
+    every step (logged), and a resumed run picks the schedule up where it stopped; a network's own
+    final_lr_fraction_<network> (here 1.0: the discriminator's rate does not decay) overrides it."""
     import json
 
     over = ["optimizer.scheduler=budget", "optimizer.final_lr_fraction=0.2", "optimizer.lr=1e-3",
+            "optimizer.final_lr_fraction_discriminator=1.0",
             "trainer.log_every=1", "data.num_images=600", "trainer.epochs=100"]
     cfg = tiny_cfg(*over, "trainer.max_steps=4")
     train(cfg)
@@ -234,8 +236,11 @@ def test_budget_lr_schedule_decays_linearly_over_the_steps_and_resumes_on_it(tin
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr/decoder"] for r in logged if "lr/decoder" in r}
     assert [lrs[s] for s in (5, 8)] == pytest.approx([1e-3 * (1 - 0.8 * 4 / 8), 1e-3 * (1 - 0.8 * 7 / 8)])
-    # the budget is used up: the optimizers end at 0.2 * lr
-    assert all(o.param_groups[0]["lr"] == pytest.approx(2e-4) for o in tr.optimizers.values())
+    # the budget is used up: the optimizers end at 0.2 * lr, the discriminator's where it started
+    assert {n: o.param_groups[0]["lr"] for n, o in tr.optimizers.items()} == pytest.approx(
+        {"encoder": 2e-4, "decoder": 2e-4, "discriminator": 1e-3})
+    assert lrs[8] == pytest.approx(1e-3 * (1 - 0.8 * 7 / 8)) and \
+        [r["lr/discriminator"] for r in logged if "lr/discriminator" in r] == pytest.approx([1e-3] * 8)
 
 
 def test_budget_used_is_the_larger_share_of_time_and_steps(tiny_cfg):
