@@ -56,10 +56,13 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
     scheduler = cfg.pop("scheduler", "none") or "none"
     decay = cfg.pop("decay", 1.0)
     final = float(cfg.pop("final_lr_fraction", 0.1))
-    finals = {n: cfg.pop(f"final_lr_fraction_{n}", None) for n in NETWORKS}
-    finals = {n: final if f is None else float(f) for n, f in finals.items()}
+    per_final = {n: cfg.pop(f"final_lr_fraction_{n}", None) for n in NETWORKS}
+    finals = {n: final if f is None else float(f) for n, f in per_final.items()}
     if scheduler == "budget" and progress is None:
         raise ValueError("optimizer.scheduler=budget needs the run's progress (the trainer gives it)")
+    if scheduler != "budget" and any(f is not None for f in per_final.values()):
+        raise ValueError(f"optimizer.final_lr_fraction_<network> is used by optimizer.scheduler=budget only, "
+                         f"not {scheduler!r}: set optimizer.scheduler=budget or drop the override")
     cfg.pop("name", None)
     cfg["_partial_"] = True
     if fused and cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW"):
