@@ -241,8 +241,8 @@ def test_budget_lr_schedule_decays_linearly_over_the_steps_and_resumes_on_it(tin
         {"encoder": 2e-4, "decoder": 2e-4, "discriminator": 1e-3})
     assert [r["lr/discriminator"] for r in logged if "lr/discriminator" in r] == pytest.approx([1e-3] * 8)
     # without the budget schedule a per-network final share would do nothing: an error says so
+    bad = tiny_cfg("optimizer.final_lr_fraction_discriminator=1.0", "trainer.max_steps=1")
     with pytest.raises(ValueError, match="final_lr_fraction_<network>.*scheduler=budget"):
-        bad = tiny_cfg("optimizer.final_lr_fraction_discriminator=1.0", "trainer.max_steps=1")
         Trainer(bad)
 
 
