@@ -44,12 +44,21 @@ class _Stop(Exception):
     pass
 
 
+def _decay_share(budget_used: float, step: int, decay_steps: int | None) -> float:
+    """How far the budget schedule has decayed, 0 to 1: the budget's share used or, with decay_steps,
+    the share of those steps done, whichever is further."""
+    share = budget_used if decay_steps is None else max(budget_used, step / int(decay_steps))
+    return min(1.0, max(0.0, share))
+
+
 def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: int,
                      fused: bool = False, progress: Callable[[], float] | None = None) -> tuple[dict, dict]:
     """One optimizer per network; `lr_<network>` overrides `lr`; an optional scheduler: per epoch
     (exponential, cosine) or, for `budget`, stepped every training step with `progress()`, the share
     of the run's budget used (0 to 1), where `final_lr_fraction_<network>` overrides
-    `final_lr_fraction` (1.0: that network's rate does not decay)."""
+    `final_lr_fraction` (1.0: that network's rate does not decay) and `decay_steps`, when set, ends
+    the decay after that many steps if the budget has not ended it first (a longer budget then adds
+    steps at the final rate only)."""
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
     lr = cfg.pop("lr")
     per_net = {n: cfg.pop(f"lr_{n}", None) for n in NETWORKS}
@@ -58,6 +67,10 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
     final = float(cfg.pop("final_lr_fraction", 0.1))
     per_final = {n: cfg.pop(f"final_lr_fraction_{n}", None) for n in NETWORKS}
     finals = {n: final if f is None else float(f) for n, f in per_final.items()}
+    decay_steps = cfg.pop("decay_steps", None)
+    if decay_steps is not None and (scheduler != "budget" or int(decay_steps) < 1):
+        raise ValueError(f"optimizer.decay_steps={decay_steps} needs optimizer.scheduler=budget (got {scheduler!r}) "
+                         f"and a positive number of steps: set both, or drop decay_steps")
     if scheduler == "budget" and progress is None:
         raise ValueError("optimizer.scheduler=budget needs the run's progress (the trainer gives it)")
     if scheduler != "budget" and any(f is not None for f in per_final.values()):
@@ -77,7 +90,7 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
             schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizers[name], T_max=max(1, epochs))
         elif scheduler == "budget":   # linear from lr to lr * final over the budget, whatever its unit
             schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                optimizers[name], lambda _, f=finals[name]: 1.0 - (1.0 - f) * min(1.0, max(0.0, progress())))
+                optimizers[name], lambda step, f=finals[name]: 1.0 - (1.0 - f) * _decay_share(progress(), step, decay_steps))
         elif scheduler != "none":
             raise ValueError(f"optimizer.scheduler must be none, exponential, cosine or budget, got {scheduler!r}")
     return optimizers, schedulers
