@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
+import torch.nn.functional as F
 from torch import nn
 
 import facegen
@@ -60,6 +61,34 @@ def test_upsampling_modes_double_the_size_and_blur_removes_the_grid(mode):
     assert all(p.grad is not None for p in up.parameters())
     assert [n for n, _ in up.named_parameters()] == (["body.0.weight"] if mode == "transpose_blur" else
                                                       ["body.weight"] if mode == "transpose" else ["body.1.weight"])
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resize_conv_on_the_small_image_equals_resize_then_conv(k, channels_last):
+    from facegen.models.blocks import Upsample2x, resize_conv
+
+    torch.manual_seed(k)
+    x = torch.randn(3, 5, 7, 6, dtype=torch.float64)   # odd, non-square sizes: the borders are checked too
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(4, 5, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(3, 4, 14, 12, dtype=torch.float64)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=k // 2)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), grad_out)
+    out = resize_conv(x, w, b)
+    grads = torch.autograd.grad(out, (x, w, b), grad_out)
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # the decoder's layer takes this path and keeps its parameters (checkpoints load as before)
+    up = Upsample2x(5, 4, "resize", kernel_size=k).double()
+    torch.testing.assert_close(up(x), up.body(x), rtol=1e-12, atol=1e-12)
+    assert [n for n, _ in up.named_parameters()] == ["body.1.weight"]
 
 
 def test_single_network_override_mixes_families():
