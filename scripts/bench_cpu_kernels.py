@@ -1,10 +1,12 @@
-"""Time facegen's CPU kernels (facegen/models/cpu_kernels.py) against PyTorch's layers; prints JSON.
+"""Time facegen's CPU kernels (facegen/models/cpu_kernels.py) and its resize-conv against PyTorch's layers; prints JSON.
 
     python scripts/bench_cpu_kernels.py [--threads 2] [--batch 100] [--repeats 10]
 
 Per layer (or batch norm + activation pair) of the seed decoder and the default (dcgan) decoder
-that the kernels can replace: forward plus backward milliseconds for a channels_last batch, best of
---repeats, PyTorch's layer and facegen's in alternation so both see the same machine load.
+that the kernels can replace, and the resize-convs of experiment=fer_vaegan's decoder (nearest 2x
+then a 3x3 conv, which facegen computes on the small image on every device: blocks.resize_conv):
+forward plus backward milliseconds for a channels_last batch, best of --repeats, PyTorch's layer and
+facegen's in alternation so both see the same machine load.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import time
 import torch
 import torch.nn as nn
 
+from facegen.models.blocks import Upsample2x
 from facegen.models.cpu_kernels import use_cpu_kernels
+
 
 def _bn_act(channels: int, act: nn.Module) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm2d(channels), act)
@@ -32,7 +36,19 @@ LAYERS = {
     "seed decoder BatchNorm2d + LeakyReLU, 32 ch, 48 px": (lambda: _bn_act(32, nn.LeakyReLU(0.01)), (32, 48)),
     "seed decoder BatchNorm2d + LeakyReLU, 64 ch, 24 px": (lambda: _bn_act(64, nn.LeakyReLU(0.01)), (64, 24)),
     "dcgan decoder BatchNorm2d + ReLU, 32 ch, 48 px": (lambda: _bn_act(32, nn.ReLU()), (32, 48)),
+    "fer_vaegan decoder resize-conv 64->64 k3, 12->24 px": (lambda: Upsample2x(64, 64, "resize", 3), (64, 12)),
+    "fer_vaegan decoder resize-conv 64->16 k3, 24->48 px": (lambda: Upsample2x(64, 16, "resize", 3), (64, 24)),
 }
+
+
+def _pytorch_and_facegen(make) -> tuple[nn.Module, nn.Module]:
+    """PyTorch's layer and facegen's version of it, with the same weights."""
+    layer = make().to(memory_format=torch.channels_last)
+    if isinstance(layer, Upsample2x):   # facegen's forward vs the plain nn.Upsample + nn.Conv2d it holds
+        return layer.body, layer
+    fast = copy.deepcopy(layer)
+    use_cpu_kernels(fast)
+    return layer, fast
 
 
 def _forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
@@ -53,9 +69,7 @@ def main() -> None:
     out = {"torch": torch.__version__, "threads": args.threads, "batch": args.batch,
            "cpu": platform.processor() or platform.machine(), "layers": {}}
     for name, (make, (channels, size)) in LAYERS.items():
-        ref = make().to(memory_format=torch.channels_last)
-        fast = copy.deepcopy(ref)
-        use_cpu_kernels(fast)
+        ref, fast = _pytorch_and_facegen(make)
         x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=torch.channels_last)
         grad = torch.randn_like(ref(x))
         runs = {"pytorch": _forward_backward(ref, x, grad), "facegen": _forward_backward(fast, x, grad)}
