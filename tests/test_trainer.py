@@ -403,8 +403,9 @@ def test_each_experiment_composes_its_recipe_and_runs_one_tiny_step(tiny_cfg, ex
     if experiment == "fer_vaegan":
         assert (full.data.batch_size, list(full.model.decoder.widths), full.model.decoder.upsample,
                 full.model.decoder.kernel_size, full.model.discriminator.kernel_size, full.loss.margin,
-                full.loss.min_dis_every, full.optimizer.scheduler, full.optimizer.decay_steps, full.loss._target_) == \
-            (16, [64, 64, 16], "resize", 3, 3, 0.2, 2, "budget", 3000, "facegen.losses.VAEGANLoss")
+                full.loss.min_dis_every, full.optimizer.lr, full.optimizer.scheduler, full.optimizer.decay_steps,
+                full.loss._target_) == \
+            (16, [64, 64, 16], "resize", 3, 3, 0.2, 2, 3.5e-4, "budget", 3000, "facegen.losses.VAEGANLoss")
     else:
         assert (full.data.batch_size, full.model.encoder._target_, full.loss._target_) == \
             (100, "facegen.models.encoders.SeedEncoder", "facegen.losses.VAELoss")
