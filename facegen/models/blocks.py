@@ -1,6 +1,8 @@
 """Small building blocks shared by the network families."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,17 +81,18 @@ class Upsample2x(nn.Module):
         elif mode == "resize":
             self.body = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                       nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False))
+            if kernel_size % 2 == 1:  # resize_conv's tap sums, moved with the module (no host copy in a step)
+                self.register_buffer("phase_rows", torch.stack(_resize_phase_rows(kernel_size)[0]), persistent=False)
         else:
             raise ValueError(f"upsample must be 'transpose', 'transpose_blur' or 'resize', got {mode!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.body, nn.Sequential) and isinstance(self.body[0], nn.Upsample):
-            conv = self.body[1]
-            if conv.kernel_size[0] % 2 == 1 and conv.kernel_size[0] == conv.kernel_size[1]:
-                return resize_conv(x, conv.weight, conv.bias)
+        if hasattr(self, "phase_rows"):
+            return resize_conv(x, self.body[1].weight, self.body[1].bias, self.phase_rows)
         return self.body(x)
 
 
+@functools.lru_cache(maxsize=None)
 def _resize_phase_rows(k: int) -> tuple[list[torch.Tensor], int, list[int]]:
     """For :func:`resize_conv`: how a k-tap kernel (k odd) after a 2x nearest-neighbour resize acts on
     the small image. Output row 2i+a (a = 0, 1) reads rows floor((2i+a+t)/2) = i + floor((a+t)/2) of
@@ -109,17 +112,19 @@ def _resize_phase_rows(k: int) -> tuple[list[torch.Tensor], int, list[int]]:
     return mats, pad, starts
 
 
-def resize_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def resize_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                phase_rows: torch.Tensor | None = None) -> torch.Tensor:
     """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=k // 2)`` for an
     odd square kernel, computed on the small image: one conv with the four output phases' summed
     kernels (4 * out channels, (k//2 + 1)^2 taps), then the phases interleaved. The same numbers up
     to float rounding, and 2.25x fewer multiply-adds for k = 3 (2.8x for 5), with no 4x-sized resized
     tensor to write and read back: the decoder's resize-convs took over half of a training step of
     experiment=fer_vaegan on the CPU (docs/recipe.md). Gradients reach ``weight`` through the sums.
+    ``phase_rows``: the stacked tap-summing matrices on ``weight``'s device (made here when None).
     """
     cout, _, k, _ = weight.shape
     mats, pad, starts = _resize_phase_rows(k)
-    rows = torch.stack(mats).to(weight)                                    # [2 phases, r+1, k]
+    rows = (torch.stack(mats) if phase_rows is None else phase_rows).to(weight)   # [2 phases, r+1, k]
     kernels = torch.einsum("apk,oikl,bql->aboipq", rows, weight, rows)     # [2, 2, cout, cin, r+1, r+1]
     out = F.conv2d(x, kernels.reshape(4 * cout, *kernels.shape[3:]),
                    None if bias is None else bias.repeat(4), padding=pad)
