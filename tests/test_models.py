@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 
 import facegen

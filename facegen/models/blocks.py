@@ -82,7 +82,7 @@ class Upsample2x(nn.Module):
             self.body = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                       nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False))
             if kernel_size % 2 == 1:  # resize_conv's tap sums, moved with the module (no host copy in a step)
-                self.register_buffer("phase_rows", torch.stack(_resize_phase_rows(kernel_size)[0]), persistent=False)
+                self.register_buffer("phase_rows", _resize_phase_rows(kernel_size)[0].clone(), persistent=False)
         else:
             raise ValueError(f"upsample must be 'transpose', 'transpose_blur' or 'resize', got {mode!r}")
 
@@ -93,23 +93,21 @@ class Upsample2x(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _resize_phase_rows(k: int) -> tuple[list[torch.Tensor], int, list[int]]:
+def _resize_phase_rows(k: int) -> tuple[torch.Tensor, int, tuple[int, int]]:
     """For :func:`resize_conv`: how a k-tap kernel (k odd) after a 2x nearest-neighbour resize acts on
     the small image. Output row 2i+a (a = 0, 1) reads rows floor((2i+a+t)/2) = i + floor((a+t)/2) of
     the small image for taps t = -r..r (r = k // 2): r+1 distinct rows, so each output phase is an
-    (r+1)-tap kernel whose taps are sums of the original ones. Returns, per phase, the (r+1, k) 0/1
-    matrix that sums the taps, the padding of the small conv, and where each phase's rows start."""
+    (r+1)-tap kernel whose taps are sums of the original ones. Returns the [2 phases, r+1, k] 0/1
+    matrices that sum the taps (cached: clone before keeping), the padding of the small conv, and where
+    each phase's rows start."""
     r = k // 2
     pad = (r + 1) // 2
-    mats, starts = [], []
+    rows = torch.zeros(2, r + 1, k)
+    firsts = [(a - r) // 2 for a in (0, 1)]
     for a in (0, 1):
-        first = (a - r) // 2
-        m = torch.zeros(r + 1, k)
         for t in range(k):
-            m[(a + t - r) // 2 - first, t] = 1.0
-        mats.append(m)
-        starts.append(first + pad)
-    return mats, pad, starts
+            rows[a, (a + t - r) // 2 - firsts[a], t] = 1.0
+    return rows, pad, (firsts[0] + pad, firsts[1] + pad)
 
 
 def resize_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -123,8 +121,8 @@ def resize_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ``phase_rows``: the stacked tap-summing matrices on ``weight``'s device (made here when None).
     """
     cout, _, k, _ = weight.shape
-    mats, pad, starts = _resize_phase_rows(k)
-    rows = (torch.stack(mats) if phase_rows is None else phase_rows).to(weight)   # [2 phases, r+1, k]
+    rows, pad, starts = _resize_phase_rows(k)
+    rows = (rows if phase_rows is None else phase_rows).to(weight)         # [2 phases, r+1, k]
     kernels = torch.einsum("apk,oikl,bql->aboipq", rows, weight, rows)     # [2, 2, cout, cin, r+1, r+1]
     out = F.conv2d(x, kernels.reshape(4 * cout, *kernels.shape[3:]),
                    None if bias is None else bias.repeat(4), padding=pad)
@@ -138,7 +136,7 @@ class _InterleavePhases(torch.autograd.Function):
     (a tenth of the step)."""
 
     @staticmethod
-    def forward(ctx, out: torch.Tensor, starts: list[int], h: int, w: int) -> torch.Tensor:
+    def forward(ctx, out: torch.Tensor, starts: tuple[int, int], h: int, w: int) -> torch.Tensor:
         n, c4, hh, ww = out.shape
         c = c4 // 4
         ctx.shape, ctx.starts, ctx.hw = out.shape, starts, (h, w)
