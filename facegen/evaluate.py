@@ -33,6 +33,7 @@ from facegen.explore import (
     sample,
     save_grid,
     split_faces,
+    with_standing_stats,
 )
 from facegen.metrics import (
     InceptionFeatures,
@@ -108,7 +109,7 @@ def load_baseline(cfg: DictConfig, loaded: Loaded) -> Loaded | None:
     if cfg.get("baseline") in (None, ""):
         return None
     path = Path(str(cfg.baseline))
-    other = load(path, str(cfg.device), None, read_checkpoint(path))
+    other = with_standing_stats(cfg, load(path, str(cfg.device), None, read_checkpoint(path)))
     a, b = loaded.model, other.model
     if (a.channels, a.image_size) != (b.channels, b.image_size):
         raise CheckpointError(f"baseline={path} makes {b.channels}x{b.image_size}x{b.image_size} faces but "

@@ -24,7 +24,7 @@ from facegen.checkpoint import CheckpointError, is_seed_state_dict, model_from_c
 from facegen.data.base import DataError, FaceDataset, stable_permutation
 from facegen.data.synthetic import HAIR_STYLES
 from facegen.losses import kl_per_dimension
-from facegen.models.vaegan import VAEGAN
+from facegen.models.vaegan import VAEGAN, standing_statistics
 from facegen.utils import resolve_device
 
 #: Names of the codes of categorical label columns: UTKFace's ethnicity (the Kaggle CSV's name for
@@ -98,10 +98,23 @@ def explicit_model_config(cfg: DictConfig, checkpoint: Mapping[str, Any]) -> Dic
 
 
 def load_from_config(cfg: DictConfig) -> Loaded:
-    """`checkpoint=`, `device=` and an optional `model=` of an entry point's config."""
+    """`checkpoint=`, `device=`, an optional `model=` and `standing_stats=` of an entry point's config."""
     path = _require(cfg.get("checkpoint"))
     obj = read_checkpoint(path)
-    return load(path, str(cfg.get("device", "auto")), explicit_model_config(cfg, obj), obj)
+    return with_standing_stats(cfg, load(path, str(cfg.get("device", "auto")), explicit_model_config(cfg, obj), obj))
+
+
+def with_standing_stats(cfg: DictConfig, loaded: Loaded) -> Loaded:
+    """standing_stats=N (N > 0): the decoder's batch-norm statistics re-estimated on N batches of 64
+    prior draws before use, as `trainer.standing_stats` does in training (for checkpoints trained
+    without it); null/0 keeps the checkpoint's own."""
+    batches = cfg.get("standing_stats")
+    if batches is None or int(batches) == 0:
+        return loaded
+    if int(batches) < 0:
+        raise DataError(f"standing_stats={batches}: give a number of batches (50 is plenty) or null")
+    standing_statistics(loaded.model.decoder, loaded.model.latent_dim, int(batches), seed=int(cfg.get("seed", 0)))
+    return loaded
 
 
 def data_module(cfg: DictConfig, loaded: Loaded):

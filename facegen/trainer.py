@@ -30,7 +30,7 @@ from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, fi
 from facegen.logging import JSONLWriter
 from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor, r1_penalty
 from facegen.models.cpu_kernels import use_cpu_kernels, warm_up as warm_up_cpu_kernels
-from facegen.models.vaegan import VAEGAN, build_model
+from facegen.models.vaegan import VAEGAN, build_model, standing_statistics
 from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
 
 NETWORKS = ("encoder", "decoder", "discriminator")
@@ -532,6 +532,7 @@ class Trainer:
                             self._log(bar)
                         self._set_budget_lr()   # the next step's lr, from the budget used so far
                         if self._stop_signal is not None:
+                            self._standing_stats()
                             self._save("last.pt")
                             raise _Stop()
                         if (out_of_steps or out_of_time) and not last_in_epoch:
@@ -539,6 +540,7 @@ class Trainer:
                             self._end_budget()
                             raise _Stop()
                         if self.step % int(t.checkpoint_every) == 0 and not last_in_epoch:
+                            self._standing_stats()
                             self._save("last.pt")
                     self._end_epoch(bar)
                     if (max_steps is not None and self.step >= max_steps) or (
@@ -566,6 +568,7 @@ class Trainer:
 
     def _end_epoch(self, bar) -> None:
         self._log(bar)
+        self._standing_stats()
         self.epoch += 1
         self.batch_in_epoch = 0
         if not self._per_step_schedulers:
@@ -584,10 +587,23 @@ class Trainer:
     def _end_budget(self) -> None:
         """A run stopped mid-epoch by max_steps/max_time still ends like an epoch: validation losses
         (what facegen.train returns to a sweep), sample and reconstruction grids, last.pt."""
+        self._standing_stats()
         record = {"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch), "step": self.step,
                   **self.validate()}
         self._record_with_grids(record, f"step_{self.step:06d}")
         self._save("last.pt")
+
+    def _standing_stats(self) -> None:
+        """trainer.standing_stats > 0: before the weights are validated, pictured, measured or saved,
+        the decoder's (and its EMA's) batch-norm statistics are re-estimated on that many batches of
+        64 prior draws (facegen.models.standing_statistics); the training steps never read them."""
+        batches = int(self.cfg.trainer.get("standing_stats") or 0)
+        if batches <= 0:
+            return
+        seed = int(self.cfg.seed) * 1_000_003 + self.step   # the same weights and step: the same statistics
+        for decoder in (self.model.decoder, self.ema.module if self.ema is not None else None):
+            if decoder is not None:
+                standing_statistics(decoder, self.model.latent_dim, batches, seed=seed)
 
     def _record_with_grids(self, record: dict[str, Any], grid_name: str) -> None:
         """Keep an end-of-epoch (or end-of-budget) record, write and log it with that moment's grids."""

@@ -162,6 +162,23 @@ def test_sample_errors_for_people(tiny_ckpt, tmp_path, capsys):
         ex.run_sample(cfg)
 
 
+def test_sample_with_standing_stats_decodes_with_re_estimated_norms(tiny_ckpt, tmp_path):
+    """standing_stats=N re-estimates the checkpoint's decoder norms on prior batches before sampling
+    (what trainer.standing_stats does in training); a negative N is refused."""
+    from facegen.models import standing_statistics
+
+    cfg = explore_cfg("sample", tiny_ckpt, tmp_path / "out", "num_samples=6", "seed=3", "standing_stats=2")
+    samples = torch.from_numpy(np.load(ex.run_sample(cfg)[1]))
+    model = ex.load(tiny_ckpt, "cpu").model
+    plain = ex.decode(model, torch.randn(6, model.latent_dim, generator=torch.Generator().manual_seed(3)))
+    standing_statistics(model.decoder, model.latent_dim, 2, seed=3)
+    z = torch.randn(6, model.latent_dim, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(samples, ex.decode(model, z), rtol=0, atol=1e-5)
+    assert (samples - plain).abs().max() > 1e-3
+    with pytest.raises(DataError, match=r"standing_stats=-1: give a number of batches"):
+        ex.run_sample(explore_cfg("sample", tiny_ckpt, tmp_path / "o2", "standing_stats=-1"))
+
+
 # -- interpolate -----------------------------------------------------------------------------------------
 def test_interpolate_cli_between_dataset_faces(tiny_ckpt, tmp_path):
     """a/b are indices into the validation split of the checkpoint's own data (none given)."""

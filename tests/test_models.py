@@ -228,3 +228,43 @@ def test_discriminator_minibatch_std_option_sees_repetition_and_keeps_features(p
         assert torch.allclose(feats[0], same_feats[0], atol=1e-5)   # features: per image either way
         logit_moves[g] = float((logits[0] - same_logits[0]).abs())
     assert logit_moves[0] < 1e-5 < logit_moves[4]
+
+
+def test_standing_statistics_are_the_exact_average_over_prior_batches():
+    """The decoder's norms end with the plain average of their batch statistics over `batches` prior
+    batches (checked exactly at the first norm, whose inputs do not depend on the others), the same
+    statistics for the same seed, and nothing else changed: weights, momenta, modes, the global RNG."""
+    from facegen.models import standing_statistics
+
+    cfg = compose_config("train", ["model=dcgan", "data.image_size=32", "data.channels=1",
+                                   "model.latent_dim=8"])
+    model = build_model(cfg.model, with_discriminator=False)
+    dec = model.decoder.train()
+    for _ in range(3):  # running statistics of some other mixture, as training leaves them
+        dec(torch.randn(8, 8) * 3 + 1)
+    weights = {k: v.clone() for k, v in dec.state_dict().items() if "running" not in k and "tracked" not in k}
+    norms = [m for m in dec.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    first_in = dec.fc[0]                    # Linear, then the first norm
+    rng = torch.get_rng_state()
+    assert standing_statistics(dec, 8, batches=3, batch_size=16, seed=5) == len(norms)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert dec.training and all(m.training for m in norms) and all(m.momentum == 0.1 for m in norms)
+    for k, v in weights.items():
+        assert torch.equal(dec.state_dict()[k], v), k
+    z = torch.randn(48, 8, generator=torch.Generator().manual_seed(5)).view(3, 16, 8)
+    with torch.no_grad():
+        h = first_in(z)                     # [3, 16, features]
+    torch.testing.assert_close(norms[0].running_mean, h.mean(1).mean(0))
+    torch.testing.assert_close(norms[0].running_var, h.var(1, unbiased=True).mean(0))
+    assert all(int(m.num_batches_tracked) == 3 for m in norms)
+    first = {k: v.clone() for k, v in dec.state_dict().items()}
+    standing_statistics(dec, 8, batches=3, batch_size=16, seed=5)
+    for k, v in dec.state_dict().items():
+        assert torch.equal(v, first[k]), k
+    # in eval mode, prior samples now meet statistics of their own kind: the first norm standardises
+    # them, which the statistics of the other mixture (inputs 3 z + 1) did not
+    standing_statistics(dec, 8, batches=64, batch_size=64, seed=6)
+    dec.eval()
+    with torch.no_grad():
+        out = norms[0](first_in(torch.randn(4096, 8)))
+    assert out.mean(0).abs().max() < 0.15 and (out.var(0) - 1).abs().max() < 0.25

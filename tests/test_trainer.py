@@ -436,3 +436,33 @@ def test_budget_decay_steps_end_the_decay_early_and_hold_the_final_rate(tiny_cfg
     bad = tiny_cfg("optimizer.decay_steps=4", "trainer.max_steps=1")
     with pytest.raises(ValueError, match="decay_steps=4 needs optimizer.scheduler=budget"):
         Trainer(bad)
+
+
+def test_standing_stats_refresh_the_saved_norms_and_leave_the_training_alone(tmp_path):
+    """trainer.standing_stats=N: the checkpoint's decoder norms are the standing statistics of its
+    own weights at its step, and every trained tensor is bit-identical to a run without them."""
+    from facegen.models import build_model, standing_statistics
+
+    ckpts, cfg = {}, None
+    for name, batches in (("off", 0), ("on", 2)):
+        cfg = compose_config("train", tiny_overrides("trainer.max_steps=4", f"trainer.standing_stats={batches}"),
+                             output_dir=tmp_path / name)
+        train(cfg)
+        ckpts[name] = read_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+    off, on = ckpts["off"], ckpts["on"]
+    assert on["step"] == off["step"] == 4
+    norm_buffers = ("running_mean", "running_var", "num_batches_tracked")
+    for net in off["model"]:
+        for k, v in off["model"][net].items():
+            if not k.endswith(norm_buffers):
+                assert torch.equal(on["model"][net][k], v), f"{net}.{k}: standing statistics changed the training"
+    decoder = build_model(cfg.model, with_discriminator=False).decoder
+    decoder.load_state_dict(on["model"]["decoder"])
+    standing_statistics(decoder, cfg.model.latent_dim, 2, seed=int(cfg.seed) * 1_000_003 + 4)
+    saved, off_dec = on["model"]["decoder"], off["model"]["decoder"]
+    for k, v in decoder.state_dict().items():
+        if k.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(saved[k], v, rtol=1e-4, atol=1e-5, msg=k)
+            assert not torch.allclose(off_dec[k], v), f"{k}: the run without standing statistics has them too"
+        elif k.endswith("num_batches_tracked"):
+            assert int(saved[k]) == 2
