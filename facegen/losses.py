@@ -126,6 +126,9 @@ class VAEGANLoss:
     min_dis_every: the discriminator trains at every step that is a multiple of this, whatever the
     gate says (0: the gate alone decides): a floor under its share of the steps, which the gate
     otherwise lets fall to 1-18% (docs/recipe.md).
+    separate_batches: the decoder decodes Enc(x) draws and prior draws as two batches, so batch norm
+    normalises prior samples by prior statistics alone, as standing statistics
+    (`trainer.standing_stats`) decode them when sampling; False: one batch of both.
     """
 
     kl_weight: float = 1.0
@@ -141,6 +144,7 @@ class VAEGANLoss:
     instance_noise_steps: int = 0
     r1_weight: float = 0.0
     min_dis_every: int = 0
+    separate_batches: bool = False
 
     needs_discriminator = True
 

@@ -339,7 +339,10 @@ class Trainer:
             mu, logvar = self.calls["encoder"](x)
             z = self.model.reparameterize(mu, logvar)
             z_prior = torch.randn_like(z)
-            generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
+            if loss.separate_batches:   # each kind normalised by its own batch statistics
+                generated = torch.cat([self.calls["decoder"](z), self.calls["decoder"](z_prior)])
+            else:
+                generated = self.calls["decoder"](torch.cat([z, z_prior]))  # Dec(Enc(x)) and Dec(z_p)
             x_real = x.detach().requires_grad_(True) if loss.r1_weight > 0 else x  # R1 needs dD/dx
             seen = torch.cat([x_real, generated])
             sigma = loss.noise_std(self.step)

@@ -21,8 +21,10 @@ def _torchrun(out, *overrides):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_end_identical_and_resume_continues(tmp_path):
-    r0, r1 = _torchrun(tmp_path, "trainer.epochs=2")
+@pytest.mark.parametrize("extra", [(), ("loss.separate_batches=true", "trainer.standing_stats=2")])
+def test_ddp_ranks_end_identical_and_resume_continues(tmp_path, extra):
+    """extra: the decoder called twice in a step (two batches), and standing statistics at each save."""
+    r0, r1 = _torchrun(tmp_path, "trainer.epochs=2", *extra)
     assert (r0["world_size"], r1["world_size"]) == (2, 2)
     for net in r0["weights"]:
         for k, v in r0["weights"][net].items():
@@ -34,7 +36,7 @@ def test_ddp_ranks_end_identical_and_resume_continues(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 6 and ckpt["finished"]
     # a resumed DDP run continues from the checkpoint
-    r0b, _ = _torchrun(tmp_path, "trainer.epochs=3", "trainer.resume=auto")
+    r0b, _ = _torchrun(tmp_path, "trainer.epochs=3", "trainer.resume=auto", *extra)
     assert r0b["step"] == 9
     moved = any(not torch.equal(r0b["weights"]["encoder"][k], r0["weights"]["encoder"][k])
                 for k in r0["weights"]["encoder"] if "running_" not in k)

@@ -356,6 +356,23 @@ def test_min_dis_every_trains_a_resting_discriminator_on_schedule(tiny_cfg):
     assert moved == [True, False, True, False, True] and gates == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
+@pytest.mark.parametrize("separate", [False, True])
+def test_separate_batches_normalise_prior_draws_by_their_own_statistics(tiny_cfg, separate):
+    """loss.separate_batches: the decoder's norms see Enc(x) draws and prior draws as two batches of
+    b (each normalised by its own statistics), not one batch of 2b; the step's losses stay finite."""
+    tr = Trainer(tiny_cfg("trainer.channels_last=false", f"loss.separate_batches={str(separate).lower()}"))
+    norm = next(m for m in tr.model.decoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    seen = []
+    handle = norm.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]) if m.training else None)
+    x = tr._batch(tr.data.train_batches(0)[0])
+    values = tr.train_step(x)
+    handle.remove()
+    tr.close()
+    b = x.shape[0]
+    assert seen == ([b, b] if separate else [2 * b])
+    assert all(torch.isfinite(v).all() for v in values.values())
+
+
 def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg, tmp_path):
     from facegen.data import draw_faces
     from facegen.metrics import save_feature_net, train_feature_net
@@ -404,11 +421,12 @@ def test_each_experiment_composes_its_recipe_and_runs_one_tiny_step(tiny_cfg, ex
         assert (full.data.batch_size, list(full.model.decoder.widths), full.model.decoder.upsample,
                 full.model.decoder.kernel_size, full.model.discriminator.kernel_size, full.loss.margin,
                 full.loss.min_dis_every, full.optimizer.lr, full.optimizer.scheduler, full.optimizer.decay_steps,
-                full.loss._target_) == \
-            (16, [64, 64, 16], "resize", 3, 3, 0.2, 2, 3.5e-4, "budget", 3000, "facegen.losses.VAEGANLoss")
+                full.loss.pixel_weight, full.loss.separate_batches, full.trainer.standing_stats, full.loss._target_) == \
+            (16, [64, 64, 16], "resize", 3, 3, 0.2, 2, 3.5e-4, "budget", 3000, 0.01, True, 50,
+             "facegen.losses.VAEGANLoss")
     else:
-        assert (full.data.batch_size, full.model.encoder._target_, full.loss._target_) == \
-            (100, "facegen.models.encoders.SeedEncoder", "facegen.losses.VAELoss")
+        assert (full.data.batch_size, full.model.encoder._target_, full.loss._target_, full.trainer.standing_stats) == \
+            (100, "facegen.models.encoders.SeedEncoder", "facegen.losses.VAELoss", 50)
     cfg = tiny_cfg(f"experiment={experiment}", "data=fer2013", f"data.path={fer / 'train'}",
                    f"data.val_path={fer / 'validation'}", "data.limit=64", "trainer.max_steps=1",
                    f"model={'seed_vae' if experiment == 'fer_vae_baseline' else 'dcgan'}")
