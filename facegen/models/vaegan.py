@@ -79,12 +79,13 @@ def standing_statistics(decoder: nn.Module, latent_dim: int, batches: int, batch
     """Re-estimate the decoder's batch-norm running statistics on prior draws alone ("standing
     statistics", Brock et al. 2019, BigGAN); returns how many norm layers were re-estimated.
 
-    A VAE-GAN step decodes Enc(x) and prior draws in one batch, so the running averages that eval
-    mode uses are those of that mixture, and prior samples decoded with them carry its offset: on
-    FER2013 a third of their eigenface Fréchet distance was a shift of the mean face (docs/recipe.md).
-    Here the statistics are the exact average over `batches` batches of N(0, I) draws at the current
-    weights (momentum None), from a generator of their own: the training's random stream is untouched,
-    and the same weights and seed give the same statistics. Other layers stay in eval mode.
+    A VAE-GAN step decodes Enc(x) and prior draws in one batch (unless `loss.separate_batches`), so
+    the running averages that eval mode uses are those of that mixture, and prior samples decoded
+    with them carry its offset: on FER2013 a third of their eigenface Fréchet distance was a shift of
+    the mean face (docs/recipe.md). Here the statistics are the exact average over `batches` batches
+    of N(0, I) draws at the current weights (momentum None), from a generator of their own: the
+    training's random stream is untouched, and the same weights and seed give the same statistics.
+    Other layers stay in eval mode.
     """
     norms = [m for m in decoder.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
