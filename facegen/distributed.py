@@ -15,18 +15,43 @@ import torch.distributed as tdist
 from torch import nn
 
 
+def _in_submitit_slurm_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def _world_size_from_env() -> int:
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return int(os.environ.get("SLURM_NTASKS", "1")) if _in_submitit_slurm_job() else 1
+
+
+def _export_submitit_env() -> None:
+    """A task of a SLURM job that hydra/launcher=slurm (submitit) started: SLURM numbers the tasks
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the node list), torch's env:// needs RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT; submitit's own helper translates (the first node is
+    the master, the port is drawn from the job id, so every task, and a requeued job, agrees)."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    # keep every GPU visible: device_for_rank picks cuda:LOCAL_RANK
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def setup(strategy: str, device: str) -> tuple[int, int]:
-    """(rank, world_size); joins the process group when trainer.strategy=ddp under torchrun."""
+    """(rank, world_size); joins the process group when trainer.strategy=ddp under torchrun or
+    in the tasks of a SLURM job started by hydra/launcher=slurm (auto: whenever there are several)."""
     if strategy in (None, "auto", "single") or strategy == "none":
-        if strategy == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if strategy == "auto" and _world_size_from_env() > 1:
             strategy = "ddp"
         else:
             return 0, 1
     if strategy != "ddp":
         raise ValueError(f"trainer.strategy must be auto, single or ddp, got {strategy!r}")
+    if "RANK" not in os.environ and _in_submitit_slurm_job():
+        _export_submitit_env()
     if "RANK" not in os.environ:
         raise RuntimeError("trainer.strategy=ddp needs a launcher: torchrun --nproc_per_node=N -m facegen.train "
-                           "trainer.strategy=ddp (or the SLURM launcher, which sets RANK/WORLD_SIZE)")
+                           "trainer.strategy=ddp, or python -m facegen.train -m hydra/launcher=slurm "
+                           "trainer.strategy=ddp hydra.launcher.tasks_per_node=N (one task per GPU)")
     if not tdist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
         tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -61,10 +86,23 @@ def agree_on_run_dir(own: str) -> str:
 
 def wrap(nets: dict[str, nn.Module], device: torch.device) -> dict[str, nn.Module]:
     ids = [device.index] if device.type == "cuda" else None
-    # broadcast_buffers=False: BN statistics are per-rank (as in plain DDP training of GANs);
-    # weights stay identical because gradients are all-reduced before every step.
-    return {n: nn.parallel.DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
+    # forward_sync_buffers=False: BN statistics are per-rank after the start (as in plain DDP training
+    # of GANs); weights stay identical because gradients are all-reduced before every step. (The
+    # deprecated broadcast_buffers=False warns; the init sync it skipped copies rank 0's buffers,
+    # which every rank built, or loaded, identically anyway.)
+    return {n: nn.parallel.DistributedDataParallel(m, device_ids=ids, forward_sync_buffers=False)
             for n, m in nets.items()}
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """t averaged over all ranks (t itself outside DDP): for decisions every rank must take alike,
+    such as the equilibrium gate, which would otherwise rest the discriminator on one rank and train
+    it on another (mismatched all-reduces: a hang, or ranks whose weights part)."""
+    if not is_active():
+        return t
+    t = t.detach().clone()
+    tdist.all_reduce(t)   # SUM: gloo has no AVG
+    return t / tdist.get_world_size()
 
 
 def barrier() -> None:

@@ -368,7 +368,7 @@ class Trainer:
         if loss.equilibrium is not None and self._gate_on_device:
             # no host sync: the decoder's GAN term is multiplied by its 0/1 gate, and a resting
             # discriminator's fused optimizer step is skipped on the device (its found_inf flag)
-            dec_gate, dis_gate = equilibrium_gate_tensor(loss.gate_costs(l_real, l_prior), loss.equilibrium,
+            dec_gate, dis_gate = equilibrium_gate_tensor(self._gate_costs(l_real, l_prior), loss.equilibrium,
                                                          loss.margin)
             if loss.forces_discriminator(self.step):
                 dis_gate = torch.ones_like(dis_gate)
@@ -384,7 +384,7 @@ class Trainer:
             return out
         train_dec_gan, train_dis = True, True
         if loss.equilibrium is not None:
-            real_cost, fake_cost = loss.gate_costs(l_real, l_prior).tolist()
+            real_cost, fake_cost = self._gate_costs(l_real, l_prior).tolist()
             train_dec_gan, train_dis = equilibrium_gate(real_cost, fake_cost, loss.equilibrium, loss.margin)
             train_dis = train_dis or loss.forces_discriminator(self.step)
         decoder_loss = losses["decoder"] + losses["decoder_gan"] if train_dec_gan else losses["decoder"]
@@ -397,6 +397,10 @@ class Trainer:
         out["gate/decoder_gan"] = torch.tensor(float(train_dec_gan), device=self.device)
         out["gate/discriminator"] = torch.tensor(float(train_dis), device=self.device)
         return out
+
+    def _gate_costs(self, logits_real: torch.Tensor, logits_prior: torch.Tensor) -> torch.Tensor:
+        """The equilibrium gate's two costs, averaged over the DDP ranks: every rank takes one decision."""
+        return dist.mean_over_ranks(self.loss.gate_costs(logits_real, logits_prior))
 
     # -- CUDA graphs: the whole step (forward, backward, optimizer steps) replayed as one graph ----------
     GRAPH_WARMUP = 3  # eager steps on a side stream before capture (cudnn/cublas workspaces, compilation)
