@@ -49,11 +49,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint without unpickling code; errors name the file and say what to do."""
-    path = Path(path)
+def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint") -> dict:
+    """Load a checkpoint without unpickling code; errors name the file (and the setting `key` that
+    gave it) and say what to do."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file (give checkpoint=PATH to a .pt file, "
+        raise CheckpointError(f"{path}: no such checkpoint file (give {key}=PATH to a .pt file, "
                               "e.g. outputs/<date>/<time>/checkpoints/last.pt)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

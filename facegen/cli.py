@@ -30,10 +30,23 @@ def run_or_explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     failed and goes on with the others (and Optuna marks the trial failed), so one bad job
     never loses the rest of a sweep.
     """
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return fn(*args, **kwargs)
     except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if _in_multirun():
+        if _explain(str(e)):
             raise
         raise SystemExit(2) from None
+    except MissingMandatoryValue as e:   # a ??? in a config: a key the user must give
+        key = e.full_key or "a key"
+        if _explain(f"{key} has no value (??? in its config): give it on the command line, e.g. {key}=..."):
+            raise
+        raise SystemExit(2) from None
+
+
+def _explain(message: str) -> bool:
+    """Print the one-line error; True in a multirun, where the caller re-raises (the job fails, the
+    sweep goes on), False where it exits 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return _in_multirun()

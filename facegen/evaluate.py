@@ -109,7 +109,7 @@ def load_baseline(cfg: DictConfig, loaded: Loaded) -> Loaded | None:
     if cfg.get("baseline") in (None, ""):
         return None
     path = Path(str(cfg.baseline))
-    other = with_standing_stats(cfg, load(path, str(cfg.device), None, read_checkpoint(path)))
+    other = with_standing_stats(cfg, load(path, str(cfg.device), None, read_checkpoint(path, "baseline")))
     a, b = loaded.model, other.model
     if (a.channels, a.image_size) != (b.channels, b.image_size):
         raise CheckpointError(f"baseline={path} makes {b.channels}x{b.image_size}x{b.image_size} faces but "
@@ -125,7 +125,7 @@ def feature_net(cfg: DictConfig, dm, device: torch.device) -> torch.nn.Module:
     cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
     if path in (None, ""):
         print(f"feature net: the default one for these faces, cached in {cache_dir} (the first use trains it on "
-              f"the {len(dm.train)} training faces: minutes on a CPU)", flush=True)
+              f"up to 20,000 of the {len(dm.train)} training faces: about a minute on a CPU)", flush=True)
     return default_feature_net(dm, cache_dir=cache_dir, path=path, device=device)
 
 

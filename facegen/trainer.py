@@ -102,6 +102,9 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         t = cfg.trainer
+        if str(t.get("best_metric") or "").startswith("metrics/") and not t.get("eval_every"):
+            raise TrainingError(f"trainer.best_metric={t.best_metric} is measured only at epochs with face metrics: "
+                                "set trainer.eval_every=N (e.g. 1), or keep best.pt by a val/ key such as val/loss")
         self.rank, self.world_size = dist.setup(t.strategy, t.device)
         self.is_main = self.rank == 0
         self.run_dir = Path(dist.agree_on_run_dir(cfg.paths.output_dir))
@@ -621,7 +624,14 @@ class Trainer:
 
     def _keep_best(self, record: dict[str, Any]) -> None:
         key = self.cfg.trainer.best_metric
-        if not key or key not in record:
+        if not key:
+            return
+        if key not in record:
+            measured_now = not key.startswith("metrics/") or any(k.startswith("metrics/") for k in record)
+            if measured_now:   # a misspelt key would otherwise never write best.pt, silently
+                keys = ", ".join(k for k in record if k not in ("epoch", "step"))
+                raise TrainingError(f"trainer.best_metric={key} is not a key of the epoch record ({keys}); "
+                                    f"fix it and go on with trainer.resume=auto hydra.run.dir={self.run_dir}")
             return
         best = self.history.get(f"best/{key}")
         if best is None or record[key] < best:
@@ -779,7 +789,7 @@ class Trainer:
                 return None
         else:
             path = Path(str(resume))
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, "trainer.resume")
         if "format_version" not in ckpt:
             raise CheckpointError(f"{path}: not a facegen training checkpoint (a raw state dict?). To train on "
                                   "from the seed's weights, convert it first: python scripts/import_seed_checkpoint.py "

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from facegen.data import CSVFaces, DataError, read_age_gender_csv, read_faces_csv
 from facegen.data.cache import CacheWarning
 from facegen.data.csv_reader import numba_available, parse_faces_csv
+from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "age_gender_sample.csv"
@@ -236,6 +237,29 @@ def test_missing_file_says_where_to_download(tmp_path):
     msg = str(err.value)
     assert "file not found" in msg and "age_gender.csv" in msg
     assert "nipunarora8/age-gender-and-ethnicity-face-data-csv" in msg and "data=synthetic" in msg
+
+
+@pytest.mark.parametrize("source, says, not_says", [
+    ("age_gender", "nipunarora8/age-gender-and-ethnicity-face-data-csv", "fer2013"),
+    ("fer2013_csv", "facial-expression-recognition-challenge", "nipunarora8"),
+])
+def test_each_csv_source_says_where_its_own_file_comes_from(source, says, not_says, tmp_path):
+    cfg = compose_config("train", [f"data={source}", f"data.path={tmp_path / 'missing.csv'}",
+                                   f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(DataError) as err:
+        instantiate(cfg.data).setup()
+    assert "missing.csv: file not found" in str(err.value) and says in str(err.value)
+    assert not_says not in str(err.value)
+    with pytest.raises(DataError, match="a 'pixels' column"):   # a CSVFaces of no named source
+        CSVFaces(str(tmp_path / "missing.csv"), cache_dir=str(tmp_path)).setup()
+
+
+def test_a_path_under_home_is_expanded(tmp_path, monkeypatch):
+    """data.path='~/faces.csv' (quoted, so Hydra passes it on) is the file in the user's home."""
+    (tmp_path / "faces.csv").write_bytes(SAMPLE.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dm = CSVFaces("~/faces.csv", cache_dir=str(tmp_path / "cache")).setup()
+    assert len(dm.train) + len(dm.val) == len(read_faces_csv(SAMPLE, cache_dir=tmp_path / "cache"))
 
 
 def test_faces_of_another_size_are_refused_with_the_line(tmp_path):

@@ -208,13 +208,24 @@ def test_missing_checkpoint_is_one_line_and_exit_2_through_the_cli(tmp_path):
     assert out.stderr.startswith("error: nowhere/last.pt: no such checkpoint file") and "Traceback" not in out.stderr
 
 
+def test_a_missing_mandatory_key_is_one_line_and_exit_2(tmp_path):
+    """data=folder without data.path (??? in conf/data/folder.yaml): the key to give, not a traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "facegen.train", "data=folder", "logger=none",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == "error: data.path has no value (??? in its config): give it on the command line, " \
+                                 "e.g. data.path=..."
+
+
 def test_bad_feature_net_and_baseline_are_user_errors(tiny_ema_ckpt, tiny_net, tmp_path, capsys):
     missing = eval_cfg(tiny_ema_ckpt, tmp_path / "o", tmp_path / "nope.pt", "num_samples=30")
     with pytest.raises(SystemExit) as exit_info:
         run_or_explain(run_evaluate, missing)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nope.pt'}: no such feature net file")
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="x.pt: no such checkpoint file .give baseline=PATH"):
         run_evaluate(eval_cfg(tiny_ema_ckpt, tmp_path / "o", tiny_net, f"baseline={tmp_path / 'x.pt'}"))
     with pytest.raises(DataError, match="num_samples=5: precision/recall with k=5"):
         run_evaluate(eval_cfg(tiny_ema_ckpt, tmp_path / "o", tiny_net, "num_samples=5"))

@@ -393,6 +393,23 @@ def test_in_training_metrics_keep_best_checkpoint_and_return_the_metric(tiny_cfg
     assert best["metrics"]["metrics/fd_facenet"] == pytest.approx(min(r["metrics/fd_facenet"] for r in epochs))
 
 
+def test_a_best_metric_that_is_never_measured_is_an_error_not_a_missing_best_pt(tiny_cfg):
+    with pytest.raises(TrainingError, match="best_metric=metrics/fd_facenet is measured only .* set trainer.eval_every=N"):
+        Trainer(tiny_cfg("trainer.best_metric=metrics/fd_facenet"))
+    cfg = tiny_cfg("trainer.best_metric=val/los")   # one epoch of 72 faces in batches of 16
+    with pytest.raises(TrainingError, match=r"best_metric=val/los is not a key of the epoch record \(.*val/loss"):
+        train(cfg)
+    # last.pt was written before the error: fixing the key and resuming goes on from it
+    assert read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")["step"] == 5
+
+
+def test_resuming_from_a_missing_file_names_trainer_resume(tiny_cfg, tmp_path):
+    from facegen.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"nope.pt: no such checkpoint file \(give trainer.resume=PATH"):
+        Trainer(tiny_cfg(f"trainer.resume={tmp_path / 'nope.pt'}"))
+
+
 @pytest.mark.parametrize("extra", [
     ("model=resnet", "loss.kl_weight=0.5"),
     ("data=age_gender", "data.path=" + str(ROOT.parent / "shared" / "data" / "age_gender_sample.csv"), "data.limit=64"),

@@ -40,6 +40,9 @@ INTEGER_COLUMNS = ("age", "ethnicity", "gender", "emotion")
 KNOWN_COLUMNS = AGE_GENDER_COLUMNS + ("emotion", PIXELS)
 DOWNLOAD_HINT = ("Download the Kaggle CSV (dataset \"nipunarora8/age-gender-and-ethnicity-face-data-csv\") "
                  "into data/age_gender.csv, or point data.path at your CSV; data=synthetic needs no download.")
+#: What a CSV source says about a missing or empty file when its config gives no download_hint.
+GENERIC_HINT = ("Point data.path at a CSV with a 'pixels' column (space-separated gray values, one face a "
+                "row); data=synthetic needs no download.")
 #: Bumped when what the parser produces changes, so caches written by an older parser are rebuilt.
 PARSER_VERSION = 1
 
@@ -413,24 +416,25 @@ def _parse_numpy(name: str, raw: bytes, columns: list[str], npix: int) -> tuple[
 
 # -- the public readers ----------------------------------------------------------------------
 def parse_faces_csv(path: str | os.PathLike, image_size: int | None = 48, engine: str = "auto",
-                    threads: int | None = None) -> tuple[FaceDataset, dict[str, Any]]:
+                    threads: int | None = None, hint: str = DOWNLOAD_HINT) -> tuple[FaceDataset, dict[str, Any]]:
     """Parse a face CSV without the cache: (faces [N,1,S,S] uint8 + labels, meta for the cache).
 
     ``image_size=None`` takes the side from the first row (its pixel count must be a square).
-    ``engine``: "numba", "numpy" or "auto" (numba when installed).
+    ``engine``: "numba", "numpy" or "auto" (numba when installed). ``hint``: where to get the
+    file, said when it is missing or empty.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     name = str(path)
     if engine not in ("auto", "numba", "numpy"):
         raise ValueError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
     if engine == "auto":
         engine = "numba" if numba_available() else "numpy"
     if not path.is_file():
-        raise DataError(f"{name}: file not found (looked for {path.resolve()}). {DOWNLOAD_HINT}")
+        raise DataError(f"{name}: file not found (looked for {path.resolve()}). {hint}")
     raw = path.read_bytes()
     body = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     if _NON_SPACE.search(raw, body) is None:
-        raise DataError(f"{name} is empty ({len(raw)} bytes). Download it again: {DOWNLOAD_HINT}")
+        raise DataError(f"{name} is empty ({len(raw)} bytes). Download it again. {hint}")
     nl = raw.find(b"\n", body)
     header_end = len(raw) if nl < 0 else nl + 1
     try:
@@ -481,22 +485,23 @@ def _first_row_pixels(name: str, raw: bytes, start: int, columns: list[str]) -> 
 
 def read_faces_csv(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                    image_size: int | None = 48, required: Sequence[str] = (PIXELS,),
-                   engine: str = "auto") -> FaceDataset:
+                   engine: str = "auto", hint: str = DOWNLOAD_HINT) -> FaceDataset:
     """Faces [N,1,S,S] uint8 and every non-pixel column as labels, via the disk cache.
 
     ``path`` and ``cache_dir`` (default ``data/cache``) are relative to the working directory.
-    ``required`` lists columns that must be present; ``image_size=None`` infers the side.
+    ``required`` lists columns that must be present; ``image_size=None`` infers the side; ``hint``
+    says where to get a missing file.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     name = str(path)
     if not path.is_file():
-        raise DataError(f"{name}: file not found (looked for {path.resolve()}). {DOWNLOAD_HINT}")
+        raise DataError(f"{name}: file not found (looked for {path.resolve()}). {hint}")
     key = {"reader": "faces_csv", "parser": PARSER_VERSION, **file_key(path)}
     file = cache_path(cache_dir, "csv", path, key)
-    dataset, meta = cached_dataset(file, key, lambda: parse_faces_csv(path, image_size, engine))
+    dataset, meta = cached_dataset(file, key, lambda: parse_faces_csv(path, image_size, engine, hint=hint))
     if image_size is not None and meta["side"] != int(image_size):
         # The cache holds faces of another size: parse again, which reports the exact line.
-        dataset, meta = parse_faces_csv(path, image_size, engine)
+        dataset, meta = parse_faces_csv(path, image_size, engine, hint=hint)
     _check_header(name, meta["columns"], required)
     dataset.name = path.stem
     return dataset
@@ -528,13 +533,14 @@ class CSVFaces(FaceDataModule):
 
     def __init__(self, path: str, image_size: int = 48, channels: int = 1, batch_size: int = 64,
                  val_fraction: float = 0.05, limit: int | None = None, hflip: bool = False, seed: int = 0,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, download_hint: str | None = None) -> None:
         super().__init__(image_size, channels, batch_size, val_fraction, limit, hflip, seed, cache_dir,
                          name=Path(path).stem)
-        self.path = Path(path)
+        self.path = Path(path).expanduser()   # a quoted '~/faces.csv' reaches us unexpanded
+        self.download_hint = download_hint or GENERIC_HINT
 
     def load(self) -> FaceDataset:
-        ds = read_faces_csv(self.path, self.cache_dir, image_size=None)
+        ds = read_faces_csv(self.path, self.cache_dir, image_size=None, hint=self.download_hint)
         if set(AGE_GENDER_COLUMNS) <= set(ds.labels.columns):
             ds.labels = ds.labels[list(AGE_GENDER_COLUMNS) + [c for c in ds.labels.columns
                                                               if c not in AGE_GENDER_COLUMNS]]

@@ -245,7 +245,7 @@ def read_image_folder(path: str | os.PathLike, image_size: int = 48, channels: i
     Unreadable files raise a DataError naming the file, or with ``skip_bad`` are left out with a
     SkippedImagesWarning giving their count (on every load, cached or not).
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "not found"
         raise DataError(f"{root}: image folder {what} (looked for {root.resolve()}); set data.path to a "
@@ -282,8 +282,8 @@ class FolderFaces(FaceDataModule):
                  cache_dir: str | None = None) -> None:
         super().__init__(image_size, channels, batch_size, val_fraction, limit, hflip, seed, cache_dir,
                          name=Path(path).name)
-        self.path = Path(path)
-        self.val_path = None if val_path in (None, "") else Path(val_path)
+        self.path = Path(path).expanduser()   # a quoted '~/faces' reaches us unexpanded
+        self.val_path = None if val_path in (None, "") else Path(val_path).expanduser()
         self.skip_bad = bool(skip_bad)
         self.num_workers = int(num_workers)
 
