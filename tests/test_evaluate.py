@@ -198,11 +198,14 @@ def test_real_path_is_every_face_of_the_folder(tiny_net, tmp_path):
 
 
 # -- errors for people ------------------------------------------------------------------------------------
-def test_missing_checkpoint_is_one_line_and_exit_2_through_the_cli(tmp_path):
+def _cli(module: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "facegen.evaluate", "checkpoint=nowhere/last.pt", "device=cpu",
-                          f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", f"facegen.{module}", *args, f"hydra.run.dir={tmp_path / 'hydra'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_checkpoint_is_one_line_and_exit_2_through_the_cli(tmp_path):
+    out = _cli("evaluate", tmp_path, "checkpoint=nowhere/last.pt", "device=cpu")
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("error: nowhere/last.pt: no such checkpoint file") and "Traceback" not in out.stderr
@@ -210,10 +213,7 @@ def test_missing_checkpoint_is_one_line_and_exit_2_through_the_cli(tmp_path):
 
 def test_a_missing_mandatory_key_is_one_line_and_exit_2(tmp_path):
     """data=folder without data.path (??? in conf/data/folder.yaml): the key to give, not a traceback."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "facegen.train", "data=folder", "logger=none",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = _cli("train", tmp_path, "data=folder", "logger=none")
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == "error: data.path has no value (??? in its config): give it on the command line, " \
                                  "e.g. data.path=..."
