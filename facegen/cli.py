@@ -10,10 +10,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is the whole story: printed alone, exit code 2."""
     from facegen.checkpoint import CheckpointError
     from facegen.data.base import DataError
+    from facegen.distributed import LaunchError
     from facegen.metrics.features import FeatureNetError
     from facegen.trainer import TrainingError
 
-    return (DataError, CheckpointError, FeatureNetError, TrainingError)
+    return (DataError, CheckpointError, FeatureNetError, TrainingError, LaunchError)
 
 
 def _in_multirun() -> bool:

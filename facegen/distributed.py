@@ -15,6 +15,10 @@ import torch.distributed as tdist
 from torch import nn
 
 
+class LaunchError(RuntimeError):
+    """trainer.strategy asks for what the launch did not provide: one line for the user, exit 2."""
+
+
 def _in_submitit_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
 
@@ -45,11 +49,11 @@ def setup(strategy: str, device: str) -> tuple[int, int]:
         else:
             return 0, 1
     if strategy != "ddp":
-        raise ValueError(f"trainer.strategy must be auto, single or ddp, got {strategy!r}")
+        raise LaunchError(f"trainer.strategy must be auto, single or ddp, got {strategy!r}")
     if "RANK" not in os.environ and _in_submitit_slurm_job():
         _export_submitit_env()
     if "RANK" not in os.environ:
-        raise RuntimeError("trainer.strategy=ddp needs a launcher: torchrun --nproc_per_node=N -m facegen.train "
+        raise LaunchError("trainer.strategy=ddp needs a launcher: torchrun --nproc_per_node=N -m facegen.train "
                            "trainer.strategy=ddp, or python -m facegen.train -m hydra/launcher=slurm "
                            "trainer.strategy=ddp hydra.launcher.tasks_per_node=N (one task per GPU)")
     if not tdist.is_initialized():

@@ -79,6 +79,8 @@ def test_tasks_of_a_slurm_job_become_ddp_ranks():
 def test_strategy_ddp_without_a_launcher_says_how_to_launch(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "SUBMITIT_EXECUTOR"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node=N.*hydra/launcher=slurm"):
-        dist.setup("ddp", "cpu")
+    with pytest.raises(dist.LaunchError, match="torchrun --nproc_per_node=N.*hydra/launcher=slurm"):
+        dist.setup("ddp", "cpu")   # a user error: one line and exit 2 through facegen.cli
+    with pytest.raises(dist.LaunchError, match="must be auto, single or ddp, got 'fsdp'"):
+        dist.setup("fsdp", "cpu")
     assert dist.setup("auto", "cpu") == (0, 1)
