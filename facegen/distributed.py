@@ -19,21 +19,26 @@ class LaunchError(RuntimeError):
     """trainer.strategy asks for what the launch did not provide: one line for the user, exit 2."""
 
 
-def _in_submitit_slurm_job() -> bool:
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+def _in_submitit_job() -> bool:
+    """A task of a job that submitit started: hydra/launcher=slurm, or submitit_local on this machine."""
+    return os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")
 
 
 def _world_size_from_env() -> int:
     if "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"])
-    return int(os.environ.get("SLURM_NTASKS", "1")) if _in_submitit_slurm_job() else 1
+    if _in_submitit_job():
+        from submitit import JobEnvironment
+
+        return JobEnvironment().num_tasks
+    return 1
 
 
 def _export_submitit_env() -> None:
-    """A task of a SLURM job that hydra/launcher=slurm (submitit) started: SLURM numbers the tasks
-    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the node list), torch's env:// needs RANK,
-    WORLD_SIZE, MASTER_ADDR and MASTER_PORT; submitit's own helper translates (the first node is
-    the master, the port is drawn from the job id, so every task, and a requeued job, agrees)."""
+    """A task of a job that submitit started (hydra/launcher=slurm or submitit_local): the cluster
+    numbers the tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the node list), torch's env://
+    needs RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; submitit's own helper translates (the first
+    node is the master, the port is drawn from the job id, so every task, and a requeued job, agrees)."""
     from submitit.helpers import TorchDistributedEnvironment
 
     # keep every GPU visible: device_for_rank picks cuda:LOCAL_RANK
@@ -50,7 +55,7 @@ def setup(strategy: str, device: str) -> tuple[int, int]:
             return 0, 1
     if strategy != "ddp":
         raise LaunchError(f"trainer.strategy must be auto, single or ddp, got {strategy!r}")
-    if "RANK" not in os.environ and _in_submitit_slurm_job():
+    if "RANK" not in os.environ and _in_submitit_job():
         _export_submitit_env()
     if "RANK" not in os.environ:
         raise LaunchError("trainer.strategy=ddp needs a launcher: torchrun --nproc_per_node=N -m facegen.train "

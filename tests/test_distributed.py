@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facegen import distributed as dist
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_overrides
 
 
 def _torchrun(out, *overrides):
@@ -74,6 +74,27 @@ def test_tasks_of_a_slurm_job_become_ddp_ranks():
     assert [p.returncode for p in procs] == [0, 0], outs
     # rank, world size, the all-reduced sum 1 + 2, LOCAL_RANK, the master (the job's first node)
     assert [o.strip() for o, _ in outs] == ["0 2 3 0 localhost", "1 2 3 1 localhost"]
+
+
+def test_a_hydra_submitit_job_with_two_tasks_trains_as_two_ddp_ranks(tmp_path):
+    """The SLURM launcher's path end to end, with submitit's local executor standing in for SLURM
+    (hydra/launcher=submitit_local: the same Hydra plugin and submitit job environment): one job of
+    two tasks, each a facegen.train process, joins one gloo group and splits the epoch."""
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT", "SUBMITIT_EXECUTOR")}
+    cmd = [sys.executable, "-m", "facegen.train", "-m", "hydra/launcher=submitit_local",
+           "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}",
+           *tiny_overrides("trainer.strategy=ddp", "trainer.num_threads=1")]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 and all("Job completed successfully" in p.read_text() for p in logs)
+    ckpt = torch.load(sweep / "0" / "checkpoints" / "last.pt", weights_only=True)
+    # 72 training faces, batch 16: 5 steps in one process, 3 on each of two ranks
+    assert ckpt["step"] == 3 and ckpt["finished"]
+    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "multirun.yaml"]
 
 
 def test_strategy_ddp_without_a_launcher_says_how_to_launch(monkeypatch):
