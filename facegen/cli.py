@@ -35,19 +35,13 @@ def run_or_explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     try:
         return fn(*args, **kwargs)
-    except user_errors() as e:
-        if _explain(str(e)):
+    except (*user_errors(), MissingMandatoryValue) as e:
+        if isinstance(e, MissingMandatoryValue):   # a ??? in a config: a key the user must give
+            key = e.full_key or "a key"
+            message = f"{key} has no value (??? in its config): give it on the command line, e.g. {key}=..."
+        else:
+            message = str(e)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if _in_multirun():
             raise
         raise SystemExit(2) from None
-    except MissingMandatoryValue as e:   # a ??? in a config: a key the user must give
-        key = e.full_key or "a key"
-        if _explain(f"{key} has no value (??? in its config): give it on the command line, e.g. {key}=..."):
-            raise
-        raise SystemExit(2) from None
-
-
-def _explain(message: str) -> bool:
-    """Print the one-line error; True in a multirun, where the caller re-raises (the job fails, the
-    sweep goes on), False where it exits 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return _in_multirun()

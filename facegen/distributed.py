@@ -46,8 +46,9 @@ def _export_submitit_env() -> None:
 
 
 def setup(strategy: str, device: str) -> tuple[int, int]:
-    """(rank, world_size); joins the process group when trainer.strategy=ddp under torchrun or
-    in the tasks of a SLURM job started by hydra/launcher=slurm (auto: whenever there are several)."""
+    """(rank, world_size); joins the process group when trainer.strategy=ddp under torchrun or in
+    the tasks of a job that submitit started (hydra/launcher=slurm or submitit_local; auto: whenever
+    there are several)."""
     if strategy in (None, "auto", "single") or strategy == "none":
         if strategy == "auto" and _world_size_from_env() > 1:
             strategy = "ddp"

@@ -43,6 +43,7 @@ from facegen.metrics import (
     extract_features,
     nearest_neighbours,
 )
+from facegen.metrics.features import DEFAULT_MAX_IMAGES
 
 REAL_SETS = ("val", "train", "path")
 #: Which way each metric is better, for the printed table (keys without an entry have no direction).
@@ -125,7 +126,8 @@ def feature_net(cfg: DictConfig, dm, device: torch.device) -> torch.nn.Module:
     cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
     if path in (None, ""):
         print(f"feature net: the default one for these faces, cached in {cache_dir} (the first use trains it on "
-              f"up to 20,000 of the {len(dm.train)} training faces: about a minute on a CPU)", flush=True)
+              f"up to {DEFAULT_MAX_IMAGES:,} of the {len(dm.train)} training faces: about a minute on a CPU)",
+              flush=True)
     return default_feature_net(dm, cache_dir=cache_dir, path=path, device=device)
 
 

@@ -485,9 +485,13 @@ def _training_split(data: Any) -> tuple[torch.Tensor, pd.DataFrame | None]:
     raise TypeError(f"expected a FaceDataModule, FaceDataset or uint8 image tensor, got {type(data).__name__}")
 
 
+#: How many training faces the default feature net trains on at most (a seeded, stable choice).
+DEFAULT_MAX_IMAGES = 20000
+
+
 def default_feature_net(data: Any = None, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
                         path: str | os.PathLike | None = None, steps: int = 600, batch_size: int = 64,
-                        max_images: int = 20000, seed: int = 0, device: str | torch.device = "cpu",
+                        max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0, device: str | torch.device = "cpu",
                         **train_kwargs: Any) -> FeatureNet:
     """The feature net for a dataset: `path` as given, else the cached one, else trained and cached.
 
