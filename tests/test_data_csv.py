@@ -393,3 +393,56 @@ def test_cli_reports_bad_data_without_a_traceback(kind, tmp_path):
     assert res.returncode != 0
     assert expected in res.stderr, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+# -- odd files (found by an audit of user data, 2026-12-01) -------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+def test_classic_mac_line_endings_are_read(engine, reference, tmp_path):
+    header, rows = sample_lines()
+    ds, _ = parse_faces_csv(write_csv(tmp_path / "cr.csv", header, rows, eol="\r"), engine=engine)
+    assert torch.equal(ds.images, reference[0])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_faces_larger_than_the_csv_modules_field_limit(engine, tmp_path):
+    """A 192x192 face's pixel text (~140k characters) is over the csv module's default limit."""
+    faces = np.random.default_rng(0).integers(0, 256, (3, 192 * 192))
+    rows = [f"{i},x{i}.jpg,{' '.join(map(str, f))}" for i, f in enumerate(faces)]
+    assert len(rows[0]) > 131072
+    ds, _ = parse_faces_csv(write_csv(tmp_path / "big.csv", "age,img_name,pixels", rows), image_size=None,
+                            engine=engine)
+    assert ds.images.shape == (3, 1, 192, 192)
+    assert torch.equal(ds.images.view(3, -1).long(), torch.from_numpy(faces))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_row_that_is_not_utf8_is_named(engine, tmp_path):
+    header, rows = sample_lines()
+    path = write_csv(tmp_path / "latin.csv", header, rows[:12])
+    path.write_bytes(path.read_bytes().replace(rows[9].split(",")[3].encode(), b"caf\xe9.jpg"))
+    with pytest.raises(DataError, match=r"latin\.csv line 11: not UTF-8 text \(byte 0xe9"):
+        parse_faces_csv(path, engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_quoted_newline_in_a_label_is_valid_csv_for_both_engines(engine, reference, tmp_path):
+    header, rows = sample_lines()
+    rows = list(rows)
+    f = fields(rows[9])
+    rows[9] = ",".join(f[:3] + [f'"two\nlines.jpg"'] + f[4:])
+    ds, _ = parse_faces_csv(write_csv(tmp_path / "q.csv", header, rows), engine=engine)
+    assert torch.equal(ds.images, reference[0])
+    assert ds.labels["img_name"][9] == "two\nlines.jpg"
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"PK\x03\x04rest", r"z\.csv is a zip archive, not a CSV: unzip it"),
+    (b"\x1f\x8b\x08rest", r"z\.csv is gzip-compressed, not a CSV: gunzip it"),
+    (b"\nage,pixels\n1,2 3\n", r"z\.csv line 1 is blank: the first line must name the columns"),
+    (b"sep=,\nage,pixels\n1,2 3\n", r"z\.csv line 1 is Excel's 'sep=,' line"),
+    (b"AGE,PIXELS\n1,2 3 4 5\n", r"no column 'pixels' .* Did you mean 'PIXELS'\?"),
+])
+def test_files_that_are_not_plain_csvs_get_the_right_advice(content, says, tmp_path):
+    (tmp_path / "z.csv").write_bytes(content)
+    with pytest.raises(DataError, match=says):
+        parse_faces_csv(tmp_path / "z.csv", image_size=None)

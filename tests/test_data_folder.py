@@ -214,3 +214,54 @@ def test_a_folder_of_png_files_only(tmp_path):
     ds = read_image_folder(tmp_path, image_size=48, channels=1, cache_dir=tmp_path / "cache")
     assert ds.images.shape == (3, 1, 48, 48) and ds.images.dtype == torch.uint8
     assert ds.images[0].float().std() > 0
+
+
+# -- odd folders (found by an audit of user data, 2026-12-01) -------------------------------------
+def test_a_16_bit_png_becomes_8_bit(tmp_path):
+    """Pillow writes 16-bit grayscale PNGs (mode I;16); torchvision decodes them as uint16."""
+    ramp = (np.arange(20 * 20, dtype=np.uint16).reshape(20, 20) * 160)       # 0 .. 63,840
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    _save(tmp_path / "plain.png", (ramp // 257).astype(np.uint8))
+    ds = read_image_folder(tmp_path, image_size=20, cache_dir=tmp_path / "c")
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (2, 1, 20, 20)
+    assert (ds.images[0].int() - ds.images[1].int()).abs().max() <= 1, "16 bits scaled to 8, not cut"
+
+
+def test_a_symlink_loop_is_listed_once(tmp_path):
+    root = tmp_path / "faces"
+    _save(root / "real" / "a.png", np.full((8, 8), 9, dtype=np.uint8))
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+    ds = read_image_folder(root, image_size=8, cache_dir=tmp_path / "c")
+    assert ds.labels["path"].tolist() == ["real/a.png"]
+
+
+def test_file_names_that_are_not_utf8_are_printable_labels(tmp_path):
+    import os
+
+    folder = os.fsencode(tmp_path / "faces")
+    os.makedirs(folder)
+    Image.fromarray(np.full((8, 8), 5, dtype=np.uint8)).save(os.fsdecode(folder + b"/caf\xe9.png"))
+    ds = read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c")
+    assert ds.labels["path"].tolist() == ["caf\\xe9.png"]
+    ds.labels.to_csv(tmp_path / "labels.csv")   # what facegen.encode writes: no UnicodeEncodeError
+
+
+def test_class_indices_agree_between_training_and_validation_folders(tmp_path):
+    for split, classes in (("train", ["angry", "disgust", "fear"]), ("val", ["angry", "fear"])):
+        for cls in classes:
+            _save(tmp_path / split / cls / "x.png", np.full((8, 8), 1, dtype=np.uint8))
+    dm = FolderFaces(str(tmp_path / "train"), val_path=str(tmp_path / "val"), image_size=8,
+                     cache_dir=str(tmp_path / "c"))
+    pairs = lambda ds: dict(zip(ds.labels["label"], ds.labels["label_idx"]))  # noqa: E731
+    assert pairs(dm.train) == {"angry": 0, "disgust": 1, "fear": 2}
+    assert pairs(dm.val) == {"angry": 0, "fear": 2}
+
+
+@pytest.mark.parametrize("setting, says", [
+    ({"val_fraction": 1.0}, "data.val_fraction=1.0"), ({"val_fraction": -0.1}, "data.val_fraction=-0.1"),
+    ({"limit": -5}, "data.limit=-5"), ({"limit": 0}, "data.limit=0"), ({"image_size": 0}, "data.image_size=0"),
+    ({"batch_size": 0}, "data.batch_size=0"),
+])
+def test_out_of_range_settings_are_refused_before_reading(setting, says, tmp_path):
+    with pytest.raises(DataError, match=says.replace(".", r"\.")):
+        FolderFaces(str(tmp_path / "nowhere"), **setting)

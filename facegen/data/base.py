@@ -84,8 +84,24 @@ class FaceDataModule:
         self.seed = int(seed)
         self.cache_dir = cache_dir
         self.name = name
+        self._check_settings()
         self._train: FaceDataset | None = None
         self._val: FaceDataset | None = None
+
+    def _check_settings(self) -> None:
+        """Out-of-range settings are refused here, before any file is read, naming the key."""
+        problems = []
+        if self.image_size < 1:
+            problems.append(f"data.image_size={self.image_size}: the side of the faces in pixels, at least 1")
+        if self.batch_size < 1:
+            problems.append(f"data.batch_size={self.batch_size}: faces per step, at least 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"data.val_fraction={self.val_fraction}: the share of faces held out, in [0, 1) "
+                            "(0 holds none out)")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"data.limit={self.limit}: how many faces to use, at least 1 (null uses all)")
+        if problems:
+            raise DataError(f"{self.name}: " + "; ".join(problems))
 
     # -- what a source implements -------------------------------------------------------------
     def load(self) -> FaceDataset:
@@ -106,7 +122,7 @@ class FaceDataModule:
             full = full.subset(np.sort(stable_permutation(len(full), self.seed)[: self.limit]))
         if val is not None:
             self._check_shape(val)
-            self._train, self._val = full, val
+            self._train, self._val = self.align(full, val)
         else:
             n_val = int(round(len(full) * self.val_fraction))
             if self.val_fraction > 0 and len(full) > 1:
@@ -118,6 +134,10 @@ class FaceDataModule:
             raise DataError(f"{self.name}: no training images (limit={self.limit}, "
                             f"val_fraction={self.val_fraction}); raise data.limit or lower data.val_fraction")
         return self
+
+    def align(self, train: FaceDataset, val: FaceDataset) -> tuple[FaceDataset, FaceDataset]:
+        """Make a separate validation set's labels agree with the training set's (sources override)."""
+        return train, val
 
     def _check_shape(self, ds: FaceDataset) -> None:
         _, c, h, w = ds.images.shape

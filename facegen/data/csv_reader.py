@@ -60,8 +60,16 @@ def numba_available() -> bool:
 
 
 # -- header -----------------------------------------------------------------------------------
+def _fields(line: str) -> list[str]:
+    """One CSV line's fields. The csv module refuses fields over 131,072 characters by default, and
+    a 192x192 face's pixel text is longer: the limit is raised to the line's length when needed."""
+    if len(line) >= csv.field_size_limit():
+        csv.field_size_limit(len(line) + 1)
+    return next(csv.reader([line]), [])
+
+
 def _split_header(line: str) -> list[str]:
-    return [name.strip() for name in next(csv.reader([line]))]
+    return [name.strip() for name in _fields(line)]
 
 
 def _check_header(name: str, columns: list[str], required: Sequence[str]) -> None:
@@ -75,7 +83,8 @@ def _check_header(name: str, columns: list[str], required: Sequence[str]) -> Non
         raise DataError(f"{where}: column {dup[0]!r} appears twice; rename or remove one of them.")
     for want in dict.fromkeys((PIXELS, *required)):
         if want not in columns:
-            close = difflib.get_close_matches(want, columns, n=1, cutoff=0.5)
+            lower = {c.lower(): c for c in columns}   # "PIXELS" is close to "pixels" too
+            close = [lower[c] for c in difflib.get_close_matches(want, list(lower), n=1, cutoff=0.5)]
             hint = f" Did you mean {close[0]!r}? Rename it to {want!r}." if close else f" Add a {want!r} column."
             raise DataError(f"{where}: no column {want!r} (found: {', '.join(columns)}).{hint}")
     for col in columns:
@@ -97,7 +106,7 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 def _line_problem(line: str, columns: list[str], npix: int) -> str | None:
     """What is wrong with one data line (None if nothing): fields, pixels, integer labels."""
     try:
-        fields = next(csv.reader([line]), [])
+        fields = _fields(line)
     except csv.Error as e:
         return f"not a valid CSV line ({e})"
     if len(fields) != len(columns):
@@ -132,9 +141,12 @@ def _raise_for_line(name: str, line_no: int, line: str, columns: list[str], npix
 
 def _locate_first_error(name: str, raw: bytes, columns: list[str], npix: int, why: str = "") -> None:
     """The slow pass: check every data line in Python and raise for the first bad one."""
-    lines = raw.decode("utf-8", "replace").lstrip("\ufeff").split("\n")
-    for i, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
+    for i, line_bytes in enumerate(raw.split(b"\n")[1:], start=2):
+        try:
+            line = line_bytes.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name} line {i}: not UTF-8 text (byte 0x{line_bytes[e.start]:02x} at column "
+                            f"{e.start + 1}); save the file as UTF-8 CSV, or fix or delete that line.") from e
         if not _is_blank(line) and _line_problem(line, columns, npix) is not None:
             _raise_for_line(name, i, line, columns, npix, 1)
     raise DataError(f"{name}: the file could not be parsed{f' ({why})' if why else ''}, but no single line "
@@ -432,15 +444,24 @@ def parse_faces_csv(path: str | os.PathLike, image_size: int | None = 48, engine
     if not path.is_file():
         raise DataError(f"{name}: file not found (looked for {path.resolve()}). {hint}")
     raw = path.read_bytes()
+    for magic, what, do in ((b"PK\x03\x04", "a zip archive", "unzip it"), (b"\x1f\x8b", "gzip-compressed", "gunzip it")):
+        if raw.startswith(magic):
+            raise DataError(f"{name} is {what}, not a CSV: {do} and point data.path at the .csv inside.")
     body = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     if _NON_SPACE.search(raw, body) is None:
         raise DataError(f"{name} is empty ({len(raw)} bytes). Download it again. {hint}")
+    if b"\r" in raw and b"\n" not in raw:
+        raw = raw.replace(b"\r", b"\n")   # classic Mac line endings (CR alone): one line each, as before
     nl = raw.find(b"\n", body)
     header_end = len(raw) if nl < 0 else nl + 1
     try:
         header_text = raw[body:header_end].decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{name} line 1 (the header) is not UTF-8 text ({e}); save the file as UTF-8 CSV.") from e
+    if _is_blank(header_text) or header_text.lower().startswith("sep="):
+        what = "is blank" if _is_blank(header_text) else f"is Excel's {header_text.strip()!r} line"
+        raise DataError(f"{name} line 1 {what}: the first line must name the columns, e.g. "
+                        f"{','.join(AGE_GENDER_COLUMNS + (PIXELS,))}. Delete that line.")
     columns = _split_header(header_text)
     _check_header(name, columns, ())
     if _NON_SPACE.search(raw, header_end) is None:
@@ -454,7 +475,14 @@ def parse_faces_csv(path: str | os.PathLike, image_size: int | None = 48, engine
     with ThreadPoolExecutor(1) as pool:  # hash while parsing: hashlib releases the GIL
         content_hash = pool.submit(content_hash_bytes, raw)
         if engine == "numba":
-            images, labels = _parse_numba(name, raw, header_end, columns, npix, threads or _cpu_count())
+            try:
+                images, labels = _parse_numba(name, raw, header_end, columns, npix, threads or _cpu_count())
+            except DataError:
+                if b'"' not in raw:
+                    raise
+                # the kernel cuts lines at every newline, quoted or not; pandas reads a quoted newline
+                # inside a field as CSV allows, so a quoted file gets the same verdict from both engines
+                images, labels = _parse_numpy(name, raw, columns, npix)
         else:
             images, labels = _parse_numpy(name, raw, columns, npix)
     faces = torch.from_numpy(images).view(-1, 1, side, side)
@@ -471,7 +499,7 @@ def _first_row_pixels(name: str, raw: bytes, start: int, columns: list[str]) -> 
         line = raw[start:end].decode("utf-8", "replace").rstrip("\r")
         if not _is_blank(line):
             try:
-                fields = next(csv.reader([line]), [])
+                fields = _fields(line)
             except csv.Error:
                 fields = []
             n = len(fields[columns.index(PIXELS)].split()) if len(fields) == len(columns) else 0

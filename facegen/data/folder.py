@@ -31,7 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: UTKFace file names: age_gender_race_date.jpg(.chip.jpg); race is called ethnicity in the Kaggle CSV.
 UTKFACE_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_")
 #: Bumped when the decoding changes, so caches written by an older reader are rebuilt.
-READER_VERSION = 1
+READER_VERSION = 2
 _CHUNK = 256
 #: JPEGs up to this size are decoded in one batched call (~4x faster per image than one by one).
 _BATCH_DECODE_BYTES = 32 * 1024
@@ -48,15 +48,26 @@ def list_images(root: Path) -> list[tuple[str, int, int]]:
     """
     found: list[tuple[str, int, int]] = []
     stack = [("", str(root))]
+    seen: set[tuple[int, int]] = set()   # (device, inode) of every folder listed: a symlink loop ends here
     while stack:
         prefix, folder = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.is_dir():
-                    stack.append((prefix + entry.name + "/", entry.path))
-                elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
-                    st = entry.stat()
-                    found.append((prefix + entry.name, st.st_size, st.st_mtime_ns))
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                log.warning("%s: already listed (a symbolic link back into the data folder); skipped", folder)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)   # the same folder wins on every machine
+        except OSError as e:
+            raise DataError(f"{folder}: cannot list this folder ({e.strerror or e}); fix its permissions or "
+                            "point data.path elsewhere.") from e
+        for entry in entries:
+            if entry.is_dir():
+                stack.append((prefix + entry.name + "/", entry.path))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                st = entry.stat()
+                found.append((prefix + entry.name, st.st_size, st.st_mtime_ns))
     found.sort()
     return found
 
@@ -82,7 +93,12 @@ def _decode_one(data: torch.Tensor, mode: Any, channels: int) -> torch.Tensor:
 
 
 def _fix_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
-    """What a decoder could not convert itself (WebP ignores GRAY mode): drop alpha, gray <-> RGB."""
+    """What a decoder could not convert itself (WebP ignores GRAY mode, 16-bit PNGs stay 16-bit):
+    8 bits per channel, drop alpha, gray <-> RGB."""
+    if img.dtype != torch.uint8:
+        from torchvision.transforms.v2 import functional as F
+
+        img = F.to_dtype(img, torch.uint8, scale=True)
     if img.shape[0] == channels:
         return img
     if img.shape[0] in (2, 4):  # gray+alpha, RGBA
@@ -154,21 +170,32 @@ def _decode_chunk(datas: list[bytes], errors: list[str | None], image_size: int,
             continue
         try:
             images[i] = _to_square(_fix_channels(_decode_one(data, mode, channels), channels), image_size)
-        except (RuntimeError, ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a decoder raises on a bad file, the file is named
             errors[i] = f"cannot decode it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     good = [img for img in images if img is not None]
     stacked = torch.stack(good) if good else torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return stacked, errors, digests
 
 
+def _printable(rel: str) -> str:
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def class_indices(labels: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """``labels`` with ``label_idx`` renumbered as positions in ``classes`` (sorted class names)."""
+    labels = labels.copy()
+    labels["label_idx"] = np.searchsorted(np.array(classes), labels["label"].to_numpy(dtype=str)).astype(np.int64)
+    return labels
+
+
 def _labels(rels: list[str], name: str) -> pd.DataFrame:
     """path always; label/label_idx from class subfolders; age/gender/ethnicity from UTKFace names."""
-    labels = pd.DataFrame({"path": rels})
+    # a file name that is not UTF-8 (kept as surrogate escapes to open the file) is shown as \\xNN
+    labels = pd.DataFrame({"path": [_printable(r) for r in rels]})
     parts = [r.split("/") for r in rels]
     if rels and all(len(p) > 1 for p in parts):
-        classes = sorted({p[0] for p in parts})
-        labels["label"] = [p[0] for p in parts]
-        labels["label_idx"] = np.searchsorted(np.array(classes), labels["label"].to_numpy(dtype=str)).astype(np.int64)
+        labels["label"] = [_printable(p[0]) for p in parts]
+        labels = class_indices(labels, sorted(set(labels["label"])))
     matches = [UTKFACE_NAME.match(p[-1]) for p in parts]
     n_utk = sum(m is not None for m in matches)
     if n_utk:
@@ -296,3 +323,11 @@ class FolderFaces(FaceDataModule):
 
     def load_val(self) -> FaceDataset | None:
         return None if self.val_path is None else self._read(self.val_path)
+
+    def align(self, train: FaceDataset, val: FaceDataset) -> tuple[FaceDataset, FaceDataset]:
+        """Class folders numbered over both folders: a class missing from one keeps its index."""
+        if "label" in train.labels.columns and "label" in val.labels.columns:
+            classes = sorted(set(train.labels["label"]) | set(val.labels["label"]))
+            train.labels = class_indices(train.labels, classes)
+            val.labels = class_indices(val.labels, classes)
+        return train, val
