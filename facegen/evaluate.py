@@ -62,6 +62,7 @@ class RealFaces:
     train: FaceDataset     # searched for each sample's nearest faces (nearest.png)
     real_what: str         # e.g. "2000 of 3589 faces of the validation split (validation)"
     held_out_is_val: bool
+    notes: list[str] = field(default_factory=list)   # printed under the "evaluating" line
     # the real faces' features and eigenfaces, computed for the first model and reused for a baseline
     stats_cache: dict = field(default_factory=dict)
 
@@ -101,7 +102,29 @@ def choose_real_faces(cfg: DictConfig, dm) -> RealFaces:
                             f"{k} faces on each side; ask for more (or lower k)")
     if len(dm.train) < k:
         raise DataError(f"{dm.name}: {len(dm.train)} training faces, fewer than k={k} for nearest.png")
-    return RealFaces(real, held_out, dm.train, f"{len(real)} of {len(faces)} faces of {what}", held_out_is_val)
+    notes = []
+    if cfg.get("num_real") is None and len(real) < n:
+        notes.append(f"note: {len(real)} real faces ({what}) for {n} samples; precision, recall, density and "
+                     f"coverage compare fairest with equal counts: num_samples={len(real)}")
+    if which == "val":
+        copies = faces_also_in(real, dm.train)
+        if copies:
+            notes.append(f"note: {copies} of the {len(real)} validation faces are also in the training split, byte "
+                         "for byte (duplicates in the data itself); a model that memorizes its training faces is "
+                         "rewarded on those")
+    return RealFaces(real, held_out, dm.train, f"{len(real)} of {len(faces)} faces of {what}", held_out_is_val, notes)
+
+
+def faces_also_in(faces: FaceDataset, others: FaceDataset) -> int:
+    """How many of ``faces`` are byte-identical to one of ``others`` (exact duplicates across splits)."""
+    import hashlib
+
+    def digests(images: torch.Tensor) -> list[bytes]:
+        flat = images.reshape(len(images), -1).contiguous().numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+    known = set(digests(others.images))
+    return sum(d in known for d in digests(faces.images))
 
 
 def load_baseline(cfg: DictConfig, loaded: Loaded) -> Loaded | None:
@@ -213,6 +236,8 @@ def run_evaluate(cfg: DictConfig) -> list[Path]:
     print(f"evaluating {loaded.path}: {cfg.num_samples} samples against {faces.real_what}; reconstructions of "
           f"{len(faces.held_out)} {held} faces; feature net {getattr(net, 'name', 'features')} "
           f"{getattr(net, 'hash', '')}", flush=True)
+    for note in faces.notes:
+        print(note, flush=True)
 
     out = output_dir(cfg)
     values, fake = evaluate_model(loaded.model, faces, net, cfg, loaded.device, inception)

@@ -124,6 +124,8 @@ def data_module(cfg: DictConfig, loaded: Loaded):
 
     if cfg.get("data") is not None:
         data = OmegaConf.to_container(cfg.data, resolve=True)
+        if loaded.data_config is not None:
+            data = _with_training_split(data, dict(loaded.data_config))
     elif loaded.data_config is not None:
         data = dict(loaded.data_config)
     else:
@@ -137,6 +139,39 @@ def data_module(cfg: DictConfig, loaded: Loaded):
     if cache_dir is not None and "cache_dir" in data:
         data["cache_dir"] = cache_dir
     return instantiate(OmegaConf.create(data)).setup()
+
+
+#: The keys that decide which faces a source holds out (and, for synthetic faces, which faces it draws).
+SPLIT_KEYS = ("seed", "val_fraction", "limit")
+
+
+def _explicit_data_keys() -> set[str]:
+    """The data.* keys given on this command line (none outside a Hydra app, e.g. under compose)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    task = HydraConfig.get().overrides.task
+    return {o.split("=", 1)[0].lstrip("+~").removeprefix("data.") for o in task if o.lstrip("+~").startswith("data.")}
+
+
+def _with_training_split(data: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """data=... naming the faces the checkpoint was trained on keeps the checkpoint's split (its data.seed,
+    val_fraction, limit), so its held-out faces stay held out: this config's seed would otherwise draw
+    another split, whose validation faces are mostly the model's training faces. Keys given on the
+    command line win."""
+    def where(d: dict[str, Any]) -> Any:
+        path = d.get("path")
+        return None if path in (None, "") else Path(str(path)).expanduser().resolve()
+
+    if data.get("_target_") != trained.get("_target_") or where(data) != where(trained):
+        return data
+    explicit = _explicit_data_keys()
+    taken = {k: trained[k] for k in SPLIT_KEYS if k in trained and k not in explicit and data.get(k) != trained[k]}
+    if taken:
+        print("data: the checkpoint's own split of these faces (" + ", ".join(f"data.{k}={v}" for k, v in taken.items())
+              + "); give data.seed=... to choose another", flush=True)
+    return {**data, **taken}
 
 
 def split_faces(dm, split: str) -> FaceDataset:

@@ -21,6 +21,9 @@ class Logger:
                  run_id: str | None = None) -> None:
         self.run_dir = Path(run_dir)
 
+    def rewind(self, step: int) -> None:
+        """The run (re)starts at ``step``: what was logged after it is logged again from here."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
@@ -46,8 +49,26 @@ class CSVLogger(Logger):
             with open(self.path, newline="") as f:
                 self.rows = list(csv.DictReader(f))
 
+    def rewind(self, step: int) -> None:
+        """Rows after ``step`` go (a resumed run logs them again); at step 0 an earlier attempt's file
+        is kept as metrics.csv.1 (.2, ...) and this run starts a new one."""
+        if step == 0 and self.rows:
+            n = 1
+            while (aside := self.path.with_name(f"{self.path.name}.{n}")).exists():
+                n += 1
+            os.replace(self.path, aside)
+            self.rows = []
+            return
+        kept = [r for r in self.rows if int(float(r.get("step") or 0)) <= int(step)]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._write()
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.rows.append({"step": step, **metrics})
+        self._write()
+
+    def _write(self) -> None:
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
@@ -157,3 +178,34 @@ class JSONLWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+
+    def keep_until(self, step: int) -> int:
+        """Drop the records after ``step`` (a resumed run writes them again); returns how many went.
+        A torn last line (the process killed mid-write) goes too."""
+        if not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                keep = int(json.loads(line).get("step", 0)) <= int(step)
+            except (ValueError, AttributeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        return dropped
+
+    def set_aside(self) -> Path | None:
+        """A non-empty file of an earlier attempt becomes metrics.jsonl.1 (.2, ...); returns its new path."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        n = 1
+        while (aside := self.path.with_name(f"{self.path.name}.{n}")).exists():
+            n += 1
+        os.replace(self.path, aside)
+        return aside

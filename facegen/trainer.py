@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from facegen import distributed as dist
 from facegen.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, find_latest_checkpoint,
                                 load_state, read_checkpoint, rng_state, set_rng_state, unwrap)
+from facegen.data.base import stable_permutation
 from facegen.logging import JSONLWriter
 from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor, r1_penalty
 from facegen.models.cpu_kernels import use_cpu_kernels, warm_up as warm_up_cpu_kernels
@@ -195,7 +197,9 @@ class Trainer:
         self.fixed_z = torch.randn(int(t.grid_size), self.model.latent_dim, generator=g).to(self.device)
         n_val = min(int(t.grid_size), len(self.data.val)) if len(self.data.val) else 0
         grid_source = self.data.val if n_val else self.data.train
-        self.fixed_real = grid_source.images[: min(int(t.grid_size), len(grid_source))].to(self.device)
+        # a seeded spread of the faces, not the first ones (a class folder's come sorted by class)
+        pick = np.sort(stable_permutation(len(grid_source), int(cfg.seed))[: min(int(t.grid_size), len(grid_source))])
+        self.fixed_real = grid_source.images[torch.from_numpy(pick)].to(self.device)
 
         self.step = 0
         self.epoch = 0
@@ -219,10 +223,18 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_provenance(self.run_dir, provenance())
             self.metrics_file = JSONLWriter(self.run_dir / "metrics.jsonl")
+            # records past the checkpoint were written by the stopped process after its last save; this
+            # run writes them again (a fresh start: from step 0, so an earlier attempt's file is set aside)
+            if self.resumed_from:
+                self.metrics_file.keep_until(self.step)
+            elif (aside := self.metrics_file.set_aside()) is not None:
+                print(f"[facegen] {self.run_dir} already had a metrics.jsonl and no checkpoint to resume; "
+                      f"kept it as {aside.name}", flush=True)
             config = OmegaConf.to_container(cfg, resolve=True)
             self.logger = instantiate(cfg.logger)(run_dir=self.run_dir, config=config,
                                                   run_id=self.logger_run_id)
             self.logger_run_id = self.logger.run_id
+            self.logger.rewind(self.step)
 
     # -- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -589,10 +601,10 @@ class Trainer:
         if every and self.epoch % int(every) == 0:
             record.update(self.evaluate_quality())
         self._record_with_grids(record, f"epoch_{self.epoch:03d}")
+        self._keep_best(record)
         self._save("last.pt")
         self._save(f"epoch_{self.epoch:03d}.pt")
         self._prune_epoch_checkpoints()
-        self._keep_best(record)
 
     def _end_budget(self) -> None:
         """A run stopped mid-epoch by max_steps/max_time still ends like an epoch: validation losses
@@ -601,6 +613,7 @@ class Trainer:
         record = {"epoch": self.epoch + self.batch_in_epoch / max(1, self._batches_per_epoch), "step": self.step,
                   **self.validate()}
         self._record_with_grids(record, f"step_{self.step:06d}")
+        self._keep_best(record)
         self._save("last.pt")
 
     def _standing_stats(self) -> None:
@@ -623,12 +636,16 @@ class Trainer:
             self.logger.log_images(self.save_grids(grid_name), self.step)
 
     def _keep_best(self, record: dict[str, Any]) -> None:
+        """best.pt when this record improves trainer.best_metric; called before last.pt is written, so
+        every checkpoint carries the best score up to its own step (a run killed between the two
+        writes redoes this record on resume and writes the same best.pt)."""
         key = self.cfg.trainer.best_metric
         if not key:
             return
         if key not in record:
             measured_now = not key.startswith("metrics/") or any(k.startswith("metrics/") for k in record)
             if measured_now:   # a misspelt key would otherwise never write best.pt, silently
+                self._save("last.pt")   # the epoch is done: fixing the key and resuming goes on from here
                 keys = ", ".join(k for k in record if k not in ("epoch", "step"))
                 raise TrainingError(f"trainer.best_metric={key} is not a key of the epoch record ({keys}); "
                                     f"fix it and go on with trainer.resume=auto hydra.run.dir={self.run_dir}")
@@ -658,8 +675,9 @@ class Trainer:
                                                           .to(self.device)))
                               for c in torch.arange(n).split(256)])
             self.model.train()
+            # all of them: quick_metrics draws its seeded subset (the first n of a folder are one class)
             real = self.data.val.images if len(self.data.val) else self.data.train.images
-            values = quick_metrics(fake.cpu(), real[:n], self._feature_net, max_samples=n,
+            values = quick_metrics(fake.cpu(), real, self._feature_net, max_samples=n,
                                    seed=int(self.cfg.seed), device=self.device)
         return {f"metrics/{k}": v for k, v in values.items()}
 
@@ -761,6 +779,10 @@ class Trainer:
             "rng": rng_state(),
             "metrics": dict(self.history),
             "logger_run_id": self.logger_run_id,
+            # the loss sums since the last record: a resumed run logs the same records as an uninterrupted one
+            "log_window": None if self._acc_keys is None else {
+                "keys": list(self._acc_keys), "sums": self._acc.detach().cpu(), "steps": self._acc_steps,
+                "images": self._log_images_seen},
             "provenance": provenance(),
         }
 
@@ -775,7 +797,8 @@ class Trainer:
         keep = int(self.cfg.trainer.keep_last)
         if not self.is_main or keep < 0:
             return
-        epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"))
+        # by epoch number: as text, epoch_1000.pt would sort before epoch_999.pt and be deleted first
+        epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_", 1)[1]))
         for old in epochs[: max(0, len(epochs) - keep)]:
             old.unlink(missing_ok=True)
 
@@ -799,12 +822,8 @@ class Trainer:
                 raise CheckpointError(f"{path}: has no {name} weights (trained with another loss?); "
                                       "use the loss it was trained with")
             load_state(net, ckpt["model"][name], name, str(path))
-        for name, opt in self.optimizers.items():
-            if name in ckpt["optimizers"]:
-                opt.load_state_dict(ckpt["optimizers"][name])
-        for name, sched in self.schedulers.items():
-            if name in ckpt["schedulers"]:
-                sched.load_state_dict(ckpt["schedulers"][name])
+        self._check_resumable(ckpt.get("config", {}), path, int(ckpt["batch_in_epoch"]))
+        self._load_optimizers(ckpt, path)
         if self.ema is not None and ckpt["model"].get("decoder_ema") is not None:
             self.ema.module.load_state_dict(ckpt["model"]["decoder_ema"])
             self.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
@@ -813,10 +832,78 @@ class Trainer:
         self.finished = bool(ckpt.get("finished"))
         self.history = dict(ckpt.get("metrics", {}))
         self.logger_run_id = ckpt.get("logger_run_id")
+        window = ckpt.get("log_window")
+        if window is not None:
+            self._acc_keys, self._acc_steps = tuple(window["keys"]), int(window["steps"])
+            self._acc = window["sums"].to(self.device)
+            self._first_bad = torch.full((len(self._acc_keys),), -1, dtype=torch.long, device=self.device)
+            self._log_images_seen = int(window["images"])
         set_rng_state(ckpt["rng"])
         if self.is_main:
             print(f"[facegen] resumed from {path} at epoch {self.epoch}, step {self.step}", flush=True)
         return str(path)
+
+    def _check_resumable(self, old: dict[str, Any], path: Path, batch_in_epoch: int) -> None:
+        """Settings a resumed run cannot change: the optimizer and scheduler kind (their saved state
+        belongs to them), and the batch size in the middle of an epoch (its batches would differ)."""
+        old_opt, new_opt = old.get("optimizer", {}), OmegaConf.to_container(self.cfg.optimizer, resolve=True)
+        differ = [f"optimizer.{k}={new_opt.get(k)} (the checkpoint's: {old_opt.get(k)})"
+                  for k in ("_target_", "scheduler") if old_opt and (old_opt.get(k) or "none") != (new_opt.get(k) or "none")]
+        old_bs = old.get("data", {}).get("batch_size")
+        if batch_in_epoch and old_bs is not None and int(old_bs) != int(self.cfg.data.batch_size):
+            differ.append(f"data.batch_size={self.cfg.data.batch_size} (the checkpoint's: {old_bs}, stopped "
+                          f"{batch_in_epoch} batches into an epoch)")
+        if differ:
+            raise CheckpointError(f"{path}: a resumed run continues the same training, and these settings differ "
+                                  f"from the checkpoint's: {'; '.join(differ)}. Resume with the checkpoint's "
+                                  "settings, or start a new run (another hydra.run.dir).")
+
+    def _load_optimizers(self, ckpt: dict[str, Any], path: Path) -> None:
+        """The saved optimizer and scheduler states, then what the config changed since: the learning
+        rates and other hyperparameters, the cosine schedule's length (trainer.epochs), the exponential
+        decay. Unchanged settings leave the saved state exactly as it was (a bit-exact resume)."""
+        fresh = {n: [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
+                 for n, o in self.optimizers.items()}
+        fresh_sched = {n: {k: getattr(s, k) for k in ("T_max", "gamma") if hasattr(s, k)} | {"base_lrs": list(s.base_lrs)}
+                       for n, s in self.schedulers.items()}
+        for name, opt in self.optimizers.items():
+            if name in ckpt["optimizers"]:
+                opt.load_state_dict(ckpt["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            if name in ckpt["schedulers"]:
+                sched.load_state_dict(ckpt["schedulers"][name])
+        changed = []
+        for name, opt in self.optimizers.items():
+            sched = self.schedulers.get(name)
+            want = dict(fresh_sched.get(name, {}))
+            for i, (group, new) in enumerate(zip(opt.param_groups, fresh[name])):
+                base = new.get("initial_lr", new["lr"])
+                had = group.get("initial_lr", group["lr"]) if sched is not None else group["lr"]
+                diffs = [k for k, v in new.items() if k not in ("lr", "initial_lr") and group.get(k) != v]
+                if base != had:
+                    diffs.insert(0, "lr")
+                for k in diffs:
+                    changed.append(f"{name} {k} {had if k == 'lr' else group.get(k)} -> {base if k == 'lr' else new[k]}")
+                    if k != "lr":
+                        group[k] = new[k]
+                if base != had:
+                    group["lr"] = base
+                    if sched is not None:
+                        group["initial_lr"] = sched.base_lrs[i] = base
+            if sched is None:
+                continue
+            for k, v in want.items():
+                if k != "base_lrs" and getattr(sched, k) != v:
+                    changed.append(f"{name} scheduler {k} {getattr(sched, k)} -> {v}")
+                    setattr(sched, k, v)
+            if any(c.startswith(f"{name} ") for c in changed) and not self._per_step_schedulers:
+                # the rate the schedule gives at this point, from its closed form with the new settings
+                closed = getattr(sched, "_get_closed_form_lr", None)
+                for group, lr in zip(opt.param_groups, closed() if closed else sched.get_lr()):
+                    group["lr"] = lr
+                sched._last_lr = [g["lr"] for g in opt.param_groups]
+        if changed and self.is_main:
+            print(f"[facegen] resuming {path} with changed settings: {'; '.join(changed)}", flush=True)
 
     # -- signals, profiling, shutdown ----------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:

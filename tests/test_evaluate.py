@@ -119,6 +119,7 @@ def test_evaluate_tiny_checkpoint_matches_a_computation_by_hand(tiny_ema_ckpt, t
     printed = capsys.readouterr().out
     assert "fd_facenet" in printed and f"{m['fd_facenet']:.4g}" in printed and "evaluated in" in printed
     assert "copy check" in printed and "baseline" not in printed
+    assert f"note: {TINY_VAL} real faces" in printed and f"num_samples={TINY_VAL}" in printed
 
 
 def test_num_real_num_recon_and_real_train(tiny_ema_ckpt, tiny_net, tmp_path):
@@ -248,3 +249,18 @@ def test_train_features_writes_the_default_net_and_prints_its_hash(tmp_path, cap
     assert default.hash == net.hash
     with pytest.raises(DataError, match="steps=0"):
         run_train_features(compose_config("train_features", ["steps=0", f"out={tmp_path}"], output_dir=tmp_path))
+
+
+def test_validation_faces_that_are_also_training_faces_are_counted(tiny_ema_ckpt, tiny_net, tmp_path, capsys):
+    """FER2013's validation folder holds ~8% exact copies of training faces: evaluate says how many."""
+    from torchvision.io import write_png
+
+    images, _ = draw_faces(16, 48, seed=9, channels=1)
+    for split, picks in (("train", range(10)), ("val", (0, 1, 10, 11, 12, 13, 14, 15))):  # 2 copies in val
+        (tmp_path / split / "x").mkdir(parents=True)
+        for i in picks:
+            write_png(images[i], str(tmp_path / split / "x" / f"{i}.png"))
+    run_evaluate(eval_cfg(tiny_ema_ckpt, tmp_path / "out", tiny_net, "num_samples=8", "k=3", "nearest_rows=2",
+                          "data=folder", f"data.path={tmp_path / 'train'}", f"data.val_path={tmp_path / 'val'}",
+                          f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert "note: 2 of the 8 validation faces are also in the training split" in capsys.readouterr().out

@@ -532,3 +532,25 @@ def test_smiling_vector_raises_the_mouth_statistic(pca_ckpt, tmp_path):
     # non-smiling faces (measured: 8-10) and more than the glasses vector does (measured: 2.2-3.3x)
     assert up.mean() > 3 * up.std() / math.sqrt(len(up)), (up.mean(), up.std(), len(up))
     assert up.mean() > 1.5 * rise["glasses"].mean(), (up.mean(), rise["glasses"].mean())
+
+
+def test_data_given_again_keeps_the_checkpoints_own_split(tmp_path):
+    """data=... naming the training faces: the checkpoint's data.seed, not this entry point's seed=42,
+    decides which faces are held out (another split's validation faces are mostly training faces)."""
+    from facegen.trainer import train
+
+    run = tmp_path / "run"
+    train(compose_config("train", tiny_overrides("seed=7", "trainer.max_steps=1"), output_dir=run))
+    ckpt = run / "checkpoints" / "last.pt"
+    loaded = ex.load(ckpt, "cpu")
+    own = ex.data_module(explore_cfg("reconstruct", ckpt, tmp_path / "a"), loaded)
+    again = ex.data_module(explore_cfg("reconstruct", ckpt, tmp_path / "b", "data=synthetic", "data.num_images=96",
+                                       "data.val_fraction=0.25"), loaded)
+    assert again.seed == own.seed == 7 and torch.equal(again.val.images, own.val.images)
+    # on the command line, data.seed chooses another split, as asked
+    done = run_cli("reconstruct", tmp_path, f"checkpoint={ckpt}", "data=synthetic", "data.num_images=96",
+                   "data.val_fraction=0.25", "num_images=4")
+    assert done.returncode == 0 and "the checkpoint's own split of these faces (data.seed=7)" in done.stdout
+    mine = run_cli("reconstruct", tmp_path, f"checkpoint={ckpt}", "data=synthetic", "data.num_images=96",
+                   "data.val_fraction=0.25", "data.seed=3", "num_images=4")
+    assert mine.returncode == 0 and "own split" not in mine.stdout

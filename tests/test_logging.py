@@ -244,3 +244,27 @@ def test_csv_logger_appends_across_a_resume(tmp_path):
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["loss/kl"], r["val/loss"]) for r in rows] == [("1", "1.0", ""), ("2", "0.5", "2.0")]
+
+
+def test_a_resumed_run_rewinds_the_csv_and_jsonl_records_past_its_checkpoint(tmp_path):
+    from facegen.logging import JSONLWriter
+
+    log = CSVLogger(run_dir=tmp_path)
+    for step in (2, 4, 6):
+        log.log_metrics({"loss/kl": float(step)}, step)
+    again = CSVLogger(run_dir=tmp_path)   # the process killed at step 6, resumed from a checkpoint at 4
+    again.rewind(4)
+    again.log_metrics({"loss/kl": 6.5}, 6)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [(r["step"], r["loss/kl"]) for r in csv.DictReader(f)] == [("2", "2.0"), ("4", "4.0"), ("6", "6.5")]
+    CSVLogger(run_dir=tmp_path).rewind(0)   # a fresh start: the earlier file is kept aside
+    assert (tmp_path / "metrics.csv.1").is_file() and not (tmp_path / "metrics.csv").exists()
+
+    writer = JSONLWriter(tmp_path / "metrics.jsonl")
+    for step in (2, 4, 6):
+        writer.write({"step": step})
+    with open(writer.path, "a") as f:
+        f.write('{"step": 8, "los')   # torn by kill -9 mid-write
+    assert writer.keep_until(4) == 2
+    assert [json.loads(s)["step"] for s in writer.path.read_text().splitlines()] == [2, 4]
+    assert writer.set_aside() == tmp_path / "metrics.jsonl.1" and writer.set_aside() is None

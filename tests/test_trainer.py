@@ -164,6 +164,92 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, sig):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {cut / 'checkpoints' / 'last.pt'}" in resumed.stdout
     _assert_identical(_final_weights(full), _final_weights(cut))
+    # and the same records: none twice (kill -9 after a record, before a checkpoint), none cut short (the
+    # loss sums since the last record travel in the checkpoint)
+    assert _records(cut) == _records(full)
+
+
+def _records(run: Path) -> list[dict]:
+    """metrics.jsonl without what depends on the clock."""
+    import json
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(s).items() if k not in ("time", "perf/img_per_s")} for s in lines]
+
+
+def _lrs(run: Path) -> list[float]:
+    return [r["lr/encoder"] for r in _records(run) if "lr/encoder" in r]
+
+
+def test_best_pt_is_the_best_record_and_every_checkpoint_knows_the_best_so_far(tiny_cfg):
+    cfg = tiny_cfg("trainer.epochs=4", "trainer.best_metric=val/loss", "trainer.keep_last=-1")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    val = [r for r in _records(run) if "val/loss" in r]
+    best = min(val, key=lambda r: r["val/loss"])
+    assert read_checkpoint(run / "checkpoints" / "best.pt")["step"] == best["step"]
+    for r in val:   # written before best was updated, epoch_002.pt used to carry epoch 1's best
+        ckpt = read_checkpoint(run / "checkpoints" / f"epoch_{int(r['epoch']):03d}.pt")
+        assert ckpt["metrics"]["best/val/loss"] == min(v["val/loss"] for v in val if v["step"] <= r["step"])
+
+
+def test_a_budget_that_ends_mid_epoch_still_keeps_best_pt(tiny_cfg):
+    cfg = tiny_cfg("trainer.epochs=5", "trainer.max_steps=3", "trainer.best_metric=val/loss")
+    train(cfg)
+    assert read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.pt")["step"] == 3
+
+
+def test_keep_last_deletes_the_oldest_epochs_past_999(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    for e in (997, 998, 999, 1000):
+        (tmp_path / f"epoch_{e:03d}.pt").write_bytes(b"")
+    stub = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"keep_last": 3}}), is_main=True, ckpt_dir=tmp_path)
+    Trainer._prune_epoch_checkpoints(stub)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1000.pt", "epoch_998.pt", "epoch_999.pt"]
+
+
+def test_a_resumed_run_takes_a_new_learning_rate_and_a_longer_cosine_schedule(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg("trainer.epochs=1", "trainer.log_every=5")
+    train(cfg)
+    train(tiny_cfg("trainer.epochs=2", "trainer.log_every=5", "optimizer.lr=1e-4", "trainer.resume=auto"))
+    assert "resuming" in capsys.readouterr().out and _lrs(Path(cfg.paths.output_dir)) == [5e-4, 1e-4]
+    # cosine over 2 epochs, then raised to 4: the rates of a 4-epoch schedule from epoch 3 on
+    whole = compose_config("train", tiny_overrides("trainer.epochs=4", "trainer.log_every=5",
+                                                   "optimizer.scheduler=cosine"), output_dir=tmp_path / "whole")
+    train(whole)
+    grown = compose_config("train", tiny_overrides("trainer.epochs=2", "trainer.log_every=5",
+                                                   "optimizer.scheduler=cosine"), output_dir=tmp_path / "grown")
+    train(grown)
+    grown.trainer.epochs, grown.trainer.resume = 4, "auto"
+    train(grown)
+    assert _lrs(tmp_path / "grown")[2:] == pytest.approx(_lrs(tmp_path / "whole")[2:], rel=1e-6)
+    assert _lrs(tmp_path / "whole")[2] > 0
+
+
+@pytest.mark.parametrize("change, says", [
+    ("optimizer=rmsprop", r"optimizer\._target_=torch\.optim\.RMSprop \(the checkpoint's: torch\.optim\.Adam\)"),
+    ("data.batch_size=8", r"data\.batch_size=8 \(the checkpoint's: 16, stopped 3 batches into an epoch\)"),
+])
+def test_a_resume_that_cannot_continue_the_saved_state_says_which_setting(tiny_cfg, change, says):
+    from facegen.checkpoint import CheckpointError
+
+    train(tiny_cfg("trainer.max_steps=3"))
+    with pytest.raises(CheckpointError, match=says):
+        Trainer(tiny_cfg("trainer.max_steps=6", change, "trainer.resume=auto"))
+
+
+def test_a_fresh_start_sets_an_earlier_attempts_records_aside(tiny_cfg, capsys):
+    cfg = tiny_cfg("trainer.max_steps=2")
+    run = Path(cfg.paths.output_dir)
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss/kl": 9.0}\n')
+    train(cfg)
+    assert (run / "metrics.jsonl.1").read_text() == '{"step": 1, "loss/kl": 9.0}\n'
+    assert all(r.get("loss/kl") != 9.0 for r in _records(run))
+    assert "kept it as metrics.jsonl.1" in capsys.readouterr().out
 
 
 def test_resume_auto_on_a_finished_run_changes_nothing(tiny_cfg):
@@ -501,3 +587,16 @@ def test_standing_stats_refresh_the_saved_norms_and_leave_the_training_alone(tmp
             assert not torch.allclose(off_dec[k], v), f"{k}: the run without standing statistics has them too"
         elif k.endswith("num_batches_tracked"):
             assert int(saved[k]) == 2
+
+
+def test_in_training_metrics_measure_against_all_validation_faces(tiny_cfg, monkeypatch):
+    """A class folder's first faces are one class: the seeded subset is drawn from all of them."""
+    import facegen.metrics as metrics
+
+    seen = {}
+    monkeypatch.setattr(metrics, "default_feature_net", lambda *a, **k: torch.nn.Identity())
+    monkeypatch.setattr(metrics, "quick_metrics",
+                        lambda fake, real, net, max_samples, **k: seen.update(real=len(real), n=max_samples) or {})
+    tr = Trainer(tiny_cfg("trainer.eval_every=1", "metrics.num_samples=10"))
+    tr.evaluate_quality()
+    assert seen == {"real": len(tr.data.val), "n": 10} and len(tr.data.val) > 10

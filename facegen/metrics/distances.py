@@ -66,12 +66,15 @@ def kernel_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | 
 
     torchmetrics' KernelInceptionDistance module draws subsets from the global RNG and refuses a
     subset larger than the data; here the subsets come from a seeded generator and their size is
-    capped to the smaller set, while the kernel and MMD are torchmetrics' own `poly_mmd`.
+    capped to half the smaller set (at least 2), so that subsets differ and the std measures how much
+    the estimate moves (subsets of a whole set are the same set reordered: a std of 0), while the
+    kernel and MMD are torchmetrics' own `poly_mmd`.
     """
     a, b = _as_float64(feats_a, "kernel_distance a"), _as_float64(feats_b, "kernel_distance b")
-    m = min(int(subset_size), a.shape[0], b.shape[0])
-    if m < 2:
+    smaller = min(a.shape[0], b.shape[0])
+    if smaller < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {a.shape[0]} and {b.shape[0]}")
+    m = min(int(subset_size), max(2, smaller // 2))
     g = torch.Generator().manual_seed(int(seed))
     scores = []
     for _ in range(max(1, int(subsets))):
