@@ -53,16 +53,28 @@ def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint") -> dict:
     """Load a checkpoint without unpickling code; errors name the file (and the setting `key` that
     gave it) and say what to do."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()]
+        hint = f" (did you mean {key}={inside[0]}?)" if inside else ""
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file{hint}; give {key}=PATH to a .pt "
+                              "file, e.g. outputs/<date>/<time>/checkpoints/last.pt")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file (give {key}=PATH to a .pt file, "
                               "e.g. outputs/<date>/<time>/checkpoints/last.pt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes; an interrupted copy?); copy it again, or give "
+                              "another checkpoint (the run's epoch_*.pt)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that holds pickled objects
         lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-        why = next((s for s in lines if "Unsupported global" in s), lines[0] if lines else "")
+        pickled = next((s for s in lines if "Unsupported global" in s), None)
+        if pickled is None:   # not a pickle problem: the bytes themselves are damaged
+            raise CheckpointError(f"{path}: truncated or corrupt ({type(e).__name__}: {lines[0][:200] if lines else ''}"
+                                  "); an interrupted copy or download? Copy it again, or give another checkpoint "
+                                  "(the run's epoch_*.pt)") from e
         raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: "
-                              f"{why[:300]}). facegen never unpickles code; re-save the file as a plain "
+                              f"{pickled[:300]}). facegen never unpickles code; re-save the file as a plain "
                               "state dict of tensors, or give a facegen checkpoint.") from e
 
 

@@ -11,10 +11,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from facegen.checkpoint import CheckpointError
     from facegen.data.base import DataError
     from facegen.distributed import LaunchError
+    from facegen.logging import LoggerError
     from facegen.metrics.features import FeatureNetError
     from facegen.trainer import TrainingError
 
-    return (DataError, CheckpointError, FeatureNetError, TrainingError, LaunchError)
+    return (DataError, CheckpointError, FeatureNetError, TrainingError, LaunchError, LoggerError)
 
 
 def _in_multirun() -> bool:

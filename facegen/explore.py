@@ -100,6 +100,8 @@ def explicit_model_config(cfg: DictConfig, checkpoint: Mapping[str, Any]) -> Dic
 def load_from_config(cfg: DictConfig) -> Loaded:
     """`checkpoint=`, `device=`, an optional `model=` and `standing_stats=` of an entry point's config."""
     path = _require(cfg.get("checkpoint"))
+    if int(cfg.get("batch_size", 1)) < 1:
+        raise DataError(f"batch_size={cfg.batch_size}: faces per encoder/decoder call, at least 1")
     obj = read_checkpoint(path)
     return with_standing_stats(cfg, load(path, str(cfg.get("device", "auto")), explicit_model_config(cfg, obj), obj))
 
@@ -223,6 +225,9 @@ def read_latents(path: str | os.PathLike, latent_dim: int) -> torch.Tensor:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(f"latents={path}: not a readable .npy array ({e})") from e
+    if not isinstance(arr, np.ndarray):   # an .npz (or .pt) archive: np.load gives an NpzFile
+        raise DataError(f"latents={path}: an archive, not one .npy array; give the latents.npy that "
+                        "python -m facegen.encode writes (or np.save one [N, latent_dim] array)")
     if arr.ndim != 2 or arr.shape[1] != latent_dim or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"latents={path}: expected a float array of shape [N, {latent_dim}] (the model's "
                         f"latent_dim), found {arr.dtype} {list(arr.shape)}")
@@ -440,6 +445,20 @@ def attribute_vectors(mu: torch.Tensor, labels: pd.DataFrame, attribute: str | N
     vector "<attribute>_vs_<contrast>" is the mean of one group minus the mean of the other
     (e.g. happy_vs_neutral). Errors name the available attributes.
     """
+    groups = checked_attribute_groups(labels, attribute, contrast, source)
+    pairs = dict(groups)
+    if contrast is not None:
+        pairs[f"{attribute}_vs_{contrast}"] = (groups[str(attribute)][0], groups[str(contrast)][0])
+    vectors, counts = {}, {}
+    for name, (pos, neg) in pairs.items():
+        pos_t, neg_t = torch.tensor(pos, dtype=torch.bool), torch.tensor(neg, dtype=torch.bool)
+        vectors[name] = (mu[pos_t].double().mean(0) - mu[neg_t].double().mean(0)).float()
+        counts[name] = {"with": int(pos.sum()), "without": int(neg.sum())}
+    return vectors, counts
+
+
+def checked_attribute_groups(labels: pd.DataFrame, attribute: str | None, contrast: str | None, source: str):
+    """attribute_groups(labels), after checking that `attribute` and `contrast` name groups of it."""
     groups = attribute_groups(labels)
     if not groups:
         cols = ", ".join(map(str, labels.columns)) or "none"
@@ -451,15 +470,7 @@ def attribute_vectors(mu: torch.Tensor, labels: pd.DataFrame, attribute: str | N
             raise DataError(f"{key}={name}: {source} has no such attribute; available: {', '.join(groups)}")
     if contrast is not None and attribute is None:
         raise DataError(f"contrast={contrast} needs attribute=...: the vector is attribute minus contrast")
-    pairs = dict(groups)
-    if contrast is not None:
-        pairs[f"{attribute}_vs_{contrast}"] = (groups[str(attribute)][0], groups[str(contrast)][0])
-    vectors, counts = {}, {}
-    for name, (pos, neg) in pairs.items():
-        pos_t, neg_t = torch.tensor(pos, dtype=torch.bool), torch.tensor(neg, dtype=torch.bool)
-        vectors[name] = (mu[pos_t].double().mean(0) - mu[neg_t].double().mean(0)).float()
-        counts[name] = {"with": int(pos.sum()), "without": int(neg.sum())}
-    return vectors, counts
+    return groups
 
 
 def apply_attribute(model: VAEGAN, z: torch.Tensor, vector: torch.Tensor,
@@ -579,6 +590,9 @@ def interpolation_ends(cfg: DictConfig, loaded: Loaded) -> tuple[torch.Tensor, t
 
 def run_interpolate(cfg: DictConfig) -> list[Path]:
     """interpolation.png (one row per pair), .gif (there and back) and .npy [pairs, steps, C, H, W]."""
+    for key in ("gif_scale", "gif_frame_ms", "steps"):
+        if int(cfg[key]) < (2 if key == "steps" else 1):
+            raise DataError(f"{key}={cfg[key]}: at least {2 if key == 'steps' else 1}")
     loaded = load_from_config(cfg)
     z_a, z_b = interpolation_ends(cfg, loaded)
     frames, _ = interpolate(loaded.model, z_a, z_b, int(cfg.steps), str(cfg.method), int(cfg.batch_size))
@@ -591,13 +605,16 @@ def run_interpolate(cfg: DictConfig) -> list[Path]:
 def run_traverse(cfg: DictConfig) -> list[Path]:
     """traversal.png: one row per latent dimension, the most used first."""
     loaded = load_from_config(cfg)
-    faces = limit_faces(split_faces(data_module(cfg, loaded), str(cfg.split)), cfg.get("max_images"), int(cfg.seed))
+    split = split_faces(data_module(cfg, loaded), str(cfg.split))
+    faces = limit_faces(split, cfg.get("max_images"), int(cfg.seed))
     mu, logvar = encode(loaded.model, faces.images, int(cfg.batch_size))
     base = cfg.get("base")
     if base in (None, "zero"):
         base_z = None
     elif isinstance(base, int) or (isinstance(base, str) and base.isdigit()):
-        base_z = mu[_check_index(int(base), faces, "base")]
+        # an index into the whole split, as everywhere else, not into the max_images subset
+        index = _check_index(int(base), split, "base")
+        base_z = encode(loaded.model, split.images[index:index + 1], 1)[0][0]
     else:
         raise DataError(f"base={base}: give zero or an index into the {cfg.split} split")
     result = traverse(loaded.model, mu, logvar, base_z, cfg.get("dims"), int(cfg.steps), str(cfg.range),
@@ -631,9 +648,10 @@ def run_attributes(cfg: DictConfig) -> list[Path]:
     loaded = load_from_config(cfg)
     dm = data_module(cfg, loaded)
     faces = limit_faces(split_faces(dm, str(cfg.split)), cfg.get("max_images"), int(cfg.seed))
-    mu, _ = encode(loaded.model, faces.images, int(cfg.batch_size))
     attribute = None if cfg.get("attribute") is None else str(cfg.attribute)
     contrast = None if cfg.get("contrast") is None else str(cfg.contrast)
+    checked_attribute_groups(faces.labels, attribute, contrast, faces.name)   # before minutes of encoding
+    mu, _ = encode(loaded.model, faces.images, int(cfg.batch_size))
     vectors, counts = attribute_vectors(mu, faces.labels, attribute, contrast, faces.name)
     shown = [f"{attribute}_vs_{contrast}"] if contrast else [attribute] if attribute else list(vectors)
 
@@ -667,15 +685,16 @@ def run_encode(cfg: DictConfig) -> list[Path]:
     loaded = load_from_config(cfg)
     if cfg.get("images") not in (None, ""):
         faces = read_image_folder(cfg.images, loaded.model.image_size, loaded.model.channels,
-                                  OmegaConf.select(cfg, "paths.cache_dir", default=None))
+                                  OmegaConf.select(cfg, "paths.cache_dir", default=None),
+                                  skip_bad=bool(cfg.get("skip_bad", False)), skip_key="skip_bad")
         split = "images"
     else:
         faces = split_faces(data_module(cfg, loaded), str(cfg.split))
         split = str(cfg.split)
     mu, _ = encode(loaded.model, faces.images, int(cfg.batch_size))
     labels = faces.labels.copy()
-    if "split" not in labels.columns:
-        labels.insert(0, "split", split)
+    column = labels.pop("split") if "split" in labels.columns else split   # split=all brings its own
+    labels.insert(0, "split", column)
     out = output_dir(cfg)
     labels.to_csv(out / "labels.csv", index=False)
     print(f"{len(mu)} {faces.name} faces encoded to mu [{len(mu)}, {mu.shape[1]}]")

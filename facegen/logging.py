@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+class LoggerError(Exception):
+    """The tracker cannot start as configured (a bad logger.mode, W&B online without login or network)."""
+
+
 class Logger:
     """No tracker: the trainer's own metrics.jsonl and PNGs are all there is."""
 
@@ -122,7 +126,7 @@ class WandbLogger(Logger):
         super().__init__(run_dir, config, run_id)
         mode = (mode or "offline").strip().lower()  # an empty WANDB_MODE counts as unset
         if mode not in WANDB_MODES:
-            raise ValueError(f"logger.mode (or WANDB_MODE) must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+            raise LoggerError(f"logger.mode (or WANDB_MODE) must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
         if os.environ.get("WANDB_MODE", None) == "":
             del os.environ["WANDB_MODE"]  # wandb itself rejects an empty WANDB_MODE even when mode is given
         import wandb
@@ -131,12 +135,19 @@ class WandbLogger(Logger):
         job_name, job_group = hydra_job_identity()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_checkpoint = bool(log_checkpoint)
-        self.run = wandb.init(
-            project=project, entity=entity, mode=mode, dir=str(self.run_dir), config=config,
-            name=name or job_name or config.get("task_name"), group=group or job_group,
-            tags=[str(t) for t in (tags if tags is not None else config.get("tags") or [])],
-            job_type=job_type, id=run_id, resume="allow" if run_id else None,
-            settings=wandb.Settings(**dict(settings or {})))
+        try:
+            self.run = wandb.init(
+                project=project, entity=entity, mode=mode, dir=str(self.run_dir), config=config,
+                name=name or job_name or config.get("task_name"), group=group or job_group,
+                tags=[str(t) for t in (tags if tags is not None else config.get("tags") or [])],
+                job_type=job_type, id=run_id, resume="allow" if run_id else None,
+                settings=wandb.Settings(**dict(settings or {})))
+        except wandb.errors.Error as e:   # no API key, no network (after wandb's own init_timeout)
+            why = next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)
+            raise LoggerError(
+                f"W&B (logger.mode={mode}) could not start a run: {why[:200]}. Log in with `wandb login` (or set "
+                "WANDB_API_KEY) and check the network; or log offline (logger.mode=offline, the default) and "
+                f"upload later with `wandb sync {self.run_dir}/wandb/offline-run-*`.") from e
         self.run_id = self.run.id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

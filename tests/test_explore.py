@@ -554,3 +554,63 @@ def test_data_given_again_keeps_the_checkpoints_own_split(tmp_path):
     mine = run_cli("reconstruct", tmp_path, f"checkpoint={ckpt}", "data=synthetic", "data.num_images=96",
                    "data.val_fraction=0.25", "data.seed=3", "num_images=4")
     assert mine.returncode == 0 and "own split" not in mine.stdout
+
+
+def test_odd_arguments_get_one_line_answers(tiny_ckpt, tmp_path):
+    """What an audit of the documented commands found ending in a traceback (2026-12-01)."""
+    run_dir = tiny_ckpt.parent.parent
+    np.savez(tmp_path / "z.npz", z=np.zeros((2, 8), np.float32))
+    cases = [
+        ("sample", [f"latents={tmp_path / 'z.npz'}"], r"z\.npz: an archive, not one \.npy array"),
+        ("sample", ["batch_size=0"], r"batch_size=0: faces per encoder/decoder call, at least 1"),
+        ("interpolate", ["pairs=2", "gif_scale=0"], r"gif_scale=0: at least 1"),
+        ("sample", [], r"is a folder, not a checkpoint file \(did you mean checkpoint=.*checkpoints/last\.pt\?\)"),
+    ]
+    for name, args, says in cases:
+        cfg = explore_cfg(name, run_dir if not args else tiny_ckpt, tmp_path / "out", *args)
+        with pytest.raises((DataError, CheckpointError), match=says):
+            getattr(ex, f"run_{name}")(cfg)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(tiny_ckpt.read_bytes()[:20000])
+    torch.save({"step": __import__("fractions").Fraction(1, 3)}, tmp_path / "pickled.pt")
+    for file, says in (("empty.pt", r"is empty \(0 bytes"), ("cut.pt", r"truncated or corrupt .*Copy it again"),
+                       ("pickled.pt", r"cannot be read as a weights-only checkpoint .*never unpickles code")):
+        with pytest.raises(CheckpointError, match=says):
+            ex.run_sample(explore_cfg("sample", tmp_path / file, tmp_path / "out"))
+
+
+def test_traverse_base_indexes_the_split_whatever_max_images(tiny_ckpt, tmp_path, monkeypatch):
+    """max_images limits the faces whose spread sets the sweep, not which face base=INDEX is."""
+    seen = {}
+    real_traverse = ex.traverse
+    monkeypatch.setattr(ex, "traverse", lambda model, mu, logvar, base_z, *a: seen.update(base=base_z)
+                        or real_traverse(model, mu, logvar, base_z, *a))
+    cfg = explore_cfg("traverse", tiny_ckpt, tmp_path / "out", "base=50", "max_images=10", "split=train")
+    ex.run_traverse(cfg)
+    loaded = ex.load(tiny_ckpt, "cpu")
+    train = ex.data_module(cfg, loaded).train
+    assert len(train) > 50
+    torch.testing.assert_close(seen["base"], ex.encode(loaded.model, train.images[50:51])[0][0])
+
+
+def test_attributes_refuses_an_unknown_name_before_encoding(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "encode", lambda *a, **k: pytest.fail("encoded before checking the name"))
+    with pytest.raises(DataError, match="attribute=frowning: .* has no such attribute; available: "):
+        ex.run_attributes(explore_cfg("attributes", tiny_ckpt, tmp_path / "out", "attribute=frowning"))
+
+
+def test_encode_skips_bad_images_when_asked_and_puts_split_first(tiny_ckpt, tmp_path):
+    from facegen.data import draw_faces
+    from facegen.data.folder import SkippedImagesWarning
+
+    images, _ = draw_faces(3, seed=2)
+    write_class_folder(tmp_path / "faces", images, ["a", "b", "a"])
+    (tmp_path / "faces" / "a" / "broken.jpg").write_bytes(b"not an image")
+    args = (f"images={tmp_path / 'faces'}", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DataError, match=r"broken\.jpg: cannot decode it.*set skip_bad=true"):
+        ex.run_encode(explore_cfg("encode", tiny_ckpt, tmp_path / "out", *args))
+    with pytest.warns(SkippedImagesWarning, match=r"skipped 1 .*\(skip_bad=true\)"):
+        _, labels = ex.run_encode(explore_cfg("encode", tiny_ckpt, tmp_path / "out", *args, "skip_bad=true"))
+    assert len(pd.read_csv(labels)) == 3
+    _, labels = ex.run_encode(explore_cfg("encode", tiny_ckpt, tmp_path / "all", "split=all"))
+    assert pd.read_csv(labels).columns[0] == "split"

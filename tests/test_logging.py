@@ -162,8 +162,22 @@ def test_disabled_mode_writes_nothing(wandb_env, tmp_path):
 
 
 def test_bad_mode_is_a_clear_error(wandb_env, tmp_path):
-    with pytest.raises(ValueError, match="logger.mode .*WANDB_MODE.* got 'cloud'"):
+    from facegen.cli import user_errors
+    from facegen.logging import LoggerError
+
+    with pytest.raises(LoggerError, match="logger.mode .*WANDB_MODE.* got 'cloud'"):
         WandbLogger(tmp_path / "run", CONFIG, None, mode="cloud")
+    assert LoggerError in user_errors()   # one line and exit 2 from the CLI, no traceback
+
+
+def test_online_without_a_login_says_how_to_log_in_or_go_offline(wandb_env, tmp_path, monkeypatch):
+    from facegen.logging import LoggerError
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(LoggerError, match=r"logger.mode=online\) could not start a run: .*wandb login.*wandb sync"):
+        WandbLogger(tmp_path / "run", CONFIG, None, mode="online")
 
 
 @pytest.mark.parametrize("env, override, expected", [

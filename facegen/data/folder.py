@@ -208,13 +208,14 @@ def _labels(rels: list[str], name: str) -> pd.DataFrame:
     return labels
 
 
-def _bad_image_error(root: Path, rel: str, why: str) -> DataError:
-    return DataError(f"{root / rel}: {why}. Delete or replace the file, or set data.skip_bad=true "
+def _bad_image_error(root: Path, rel: str, why: str, skip_key: str = "data.skip_bad") -> DataError:
+    return DataError(f"{root / rel}: {why}. Delete or replace the file, or set {skip_key}=true "
                      "to leave unreadable images out.")
 
 
 def _decode_folder(root: Path, entries: list[tuple[str, int, int]], image_size: int, channels: int,
-                   skip_bad: bool, num_workers: int) -> tuple[FaceDataset, dict[str, Any]]:
+                   skip_bad: bool, num_workers: int, skip_key: str = "data.skip_bad"
+                   ) -> tuple[FaceDataset, dict[str, Any]]:
     rels = [e[0] for e in entries]
     out = torch.empty((len(rels), channels, image_size, image_size), dtype=torch.uint8)
     keep = np.ones(len(rels), dtype=bool)
@@ -231,7 +232,7 @@ def _decode_folder(root: Path, entries: list[tuple[str, int, int]], image_size: 
             if err is None:
                 continue
             if not skip_bad:
-                raise _bad_image_error(root, rels[base + i], err)
+                raise _bad_image_error(root, rels[base + i], err, skip_key)
             keep[base + i] = False
             skipped.append([rels[base + i], err])
         idx = np.flatnonzero(keep[base:base + len(errors)]) + base
@@ -266,11 +267,12 @@ def _decode_folder(root: Path, entries: list[tuple[str, int, int]], image_size: 
 
 def read_image_folder(path: str | os.PathLike, image_size: int = 48, channels: int = 1,
                       cache_dir: str | os.PathLike | None = None, skip_bad: bool = False,
-                      num_workers: int = 2) -> FaceDataset:
+                      num_workers: int = 2, skip_key: str = "data.skip_bad") -> FaceDataset:
     """All images under ``path`` as uint8 [N, channels, image_size, image_size] plus labels, cached.
 
     Unreadable files raise a DataError naming the file, or with ``skip_bad`` are left out with a
-    SkippedImagesWarning giving their count (on every load, cached or not).
+    SkippedImagesWarning giving their count (on every load, cached or not). ``skip_key``: the
+    setting the error tells the user to set.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -288,14 +290,15 @@ def read_image_folder(path: str | os.PathLike, image_size: int = 48, channels: i
            "listing": listing_digest(entries), **variant}
     file = cache_path(cache_dir, "folder", root, key, variant)
     dataset, meta = cached_dataset(
-        file, key, lambda: _decode_folder(root, entries, int(image_size), int(channels), skip_bad, num_workers))
+        file, key, lambda: _decode_folder(root, entries, int(image_size), int(channels), skip_bad, num_workers,
+                                          skip_key))
     skipped = meta["skipped"]
     if skipped:
         if not skip_bad:
-            raise _bad_image_error(root, *skipped[0])
+            raise _bad_image_error(root, *skipped[0], skip_key)
         names = ", ".join(s[0] for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(f"{root}: skipped {len(skipped)} unreadable image(s) of {len(entries)} "
-                      f"(data.skip_bad=true): {names}", SkippedImagesWarning, stacklevel=2)
+                      f"({skip_key}=true): {names}", SkippedImagesWarning, stacklevel=2)
     dataset.name = root.name
     return dataset
 
