@@ -862,10 +862,13 @@ class Trainer:
         """The saved optimizer and scheduler states, then what the config changed since: the learning
         rates and other hyperparameters, the cosine schedule's length (trainer.epochs), the exponential
         decay. Unchanged settings leave the saved state exactly as it was (a bit-exact resume)."""
-        fresh = {n: [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
-                 for n, o in self.optimizers.items()}
-        fresh_sched = {n: {k: getattr(s, k) for k in ("T_max", "gamma") if hasattr(s, k)} | {"base_lrs": list(s.base_lrs)}
-                       for n, s in self.schedulers.items()}
+        def same(a: Any, b: Any) -> bool:   # betas come back as a tuple or a list
+            return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+        configured = {n: [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
+                      for n, o in self.optimizers.items()}
+        configured_sched = {n: {k: getattr(s, k) for k in ("T_max", "gamma") if hasattr(s, k)}
+                            for n, s in self.schedulers.items()}
         for name, opt in self.optimizers.items():
             if name in ckpt["optimizers"]:
                 opt.load_state_dict(ckpt["optimizers"][name])
@@ -874,34 +877,32 @@ class Trainer:
                 sched.load_state_dict(ckpt["schedulers"][name])
         changed = []
         for name, opt in self.optimizers.items():
-            sched = self.schedulers.get(name)
-            want = dict(fresh_sched.get(name, {}))
-            for i, (group, new) in enumerate(zip(opt.param_groups, fresh[name])):
-                base = new.get("initial_lr", new["lr"])
+            sched, here = self.schedulers.get(name), []
+            for i, (group, new) in enumerate(zip(opt.param_groups, configured[name])):
+                base = new.get("initial_lr", new["lr"])   # the configured starting rate
                 had = group.get("initial_lr", group["lr"]) if sched is not None else group["lr"]
-                diffs = [k for k, v in new.items() if k not in ("lr", "initial_lr") and group.get(k) != v]
                 if base != had:
-                    diffs.insert(0, "lr")
-                for k in diffs:
-                    changed.append(f"{name} {k} {had if k == 'lr' else group.get(k)} -> {base if k == 'lr' else new[k]}")
-                    if k != "lr":
-                        group[k] = new[k]
-                if base != had:
+                    here.append(f"{name} lr {had} -> {base}")
                     group["lr"] = base
                     if sched is not None:
                         group["initial_lr"] = sched.base_lrs[i] = base
-            if sched is None:
-                continue
-            for k, v in want.items():
-                if k != "base_lrs" and getattr(sched, k) != v:
-                    changed.append(f"{name} scheduler {k} {getattr(sched, k)} -> {v}")
-                    setattr(sched, k, v)
-            if any(c.startswith(f"{name} ") for c in changed) and not self._per_step_schedulers:
-                # the rate the schedule gives at this point, from its closed form with the new settings
-                closed = getattr(sched, "_get_closed_form_lr", None)
-                for group, lr in zip(opt.param_groups, closed() if closed else sched.get_lr()):
-                    group["lr"] = lr
-                sched._last_lr = [g["lr"] for g in opt.param_groups]
+                for k, v in new.items():
+                    if k not in ("lr", "initial_lr") and not same(group.get(k), v):
+                        here.append(f"{name} {k} {group.get(k)} -> {v}")
+                        group[k] = v
+            if sched is not None:
+                for k, v in configured_sched[name].items():
+                    if getattr(sched, k) != v:
+                        why = " (trainer.epochs)" if k == "T_max" else " (optimizer.decay)"
+                        here.append(f"{name} scheduler {k} {getattr(sched, k)} -> {v}{why}")
+                        setattr(sched, k, v)
+                if here and not self._per_step_schedulers:   # (a budget schedule sets its rate every step)
+                    # the rate the schedule gives at this point, from its closed form with the new settings
+                    closed = getattr(sched, "_get_closed_form_lr", None)
+                    for group, lr in zip(opt.param_groups, closed() if closed else sched.get_lr()):
+                        group["lr"] = lr
+                    sched._last_lr = [g["lr"] for g in opt.param_groups]
+            changed += here
         if changed and self.is_main:
             print(f"[facegen] resuming {path} with changed settings: {'; '.join(changed)}", flush=True)
 
