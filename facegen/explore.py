@@ -590,9 +590,9 @@ def interpolation_ends(cfg: DictConfig, loaded: Loaded) -> tuple[torch.Tensor, t
 
 def run_interpolate(cfg: DictConfig) -> list[Path]:
     """interpolation.png (one row per pair), .gif (there and back) and .npy [pairs, steps, C, H, W]."""
-    for key in ("gif_scale", "gif_frame_ms", "steps"):
-        if int(cfg[key]) < (2 if key == "steps" else 1):
-            raise DataError(f"{key}={cfg[key]}: at least {2 if key == 'steps' else 1}")
+    for key in ("gif_scale", "gif_frame_ms"):
+        if int(cfg[key]) < 1:
+            raise DataError(f"{key}={cfg[key]}: at least 1")
     loaded = load_from_config(cfg)
     z_a, z_b = interpolation_ends(cfg, loaded)
     frames, _ = interpolate(loaded.model, z_a, z_b, int(cfg.steps), str(cfg.method), int(cfg.batch_size))

@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+def set_aside(path: Path) -> Path:
+    """Rename an earlier attempt's file to <name>.1 (.2, ... the first free one); returns the new path."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
 class LoggerError(Exception):
     """The tracker cannot start as configured (a bad logger.mode, W&B online without login or network)."""
 
@@ -57,10 +66,7 @@ class CSVLogger(Logger):
         """Rows after ``step`` go (a resumed run logs them again); at step 0 an earlier attempt's file
         is kept as metrics.csv.1 (.2, ...) and this run starts a new one."""
         if step == 0 and self.rows:
-            n = 1
-            while (aside := self.path.with_name(f"{self.path.name}.{n}")).exists():
-                n += 1
-            os.replace(self.path, aside)
+            set_aside(self.path)
             self.rows = []
             return
         kept = [r for r in self.rows if int(float(r.get("step") or 0)) <= int(step)]
@@ -215,8 +221,4 @@ class JSONLWriter:
         """A non-empty file of an earlier attempt becomes metrics.jsonl.1 (.2, ...); returns its new path."""
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return None
-        n = 1
-        while (aside := self.path.with_name(f"{self.path.name}.{n}")).exists():
-            n += 1
-        os.replace(self.path, aside)
-        return aside
+        return set_aside(self.path)
