@@ -14,8 +14,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from facegen.logging import LoggerError
     from facegen.metrics.features import FeatureNetError
     from facegen.trainer import TrainingError
+    from facegen.utils import ConfigError
 
-    return (DataError, CheckpointError, FeatureNetError, TrainingError, LaunchError, LoggerError)
+    return (DataError, CheckpointError, FeatureNetError, TrainingError, LaunchError, LoggerError, ConfigError)
 
 
 def _in_multirun() -> bool:
@@ -32,12 +33,20 @@ def run_or_explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     failed and goes on with the others (and Optuna marks the trial failed), so one bad job
     never loses the rest of a sweep.
     """
+    from hydra.errors import InstantiationException
     from omegaconf.errors import MissingMandatoryValue
 
     try:
         return fn(*args, **kwargs)
-    except (*user_errors(), MissingMandatoryValue) as e:
-        if isinstance(e, MissingMandatoryValue):   # a ??? in a config: a key the user must give
+    except (*user_errors(), MissingMandatoryValue, InstantiationException) as e:
+        if isinstance(e, InstantiationException):
+            # a network's, loss's or data source's constructor refused its config (e.g. DCGANEncoder:
+            # image_size 50 is not divisible by 8): its message is for the user; anything else is a bug
+            if not isinstance(e.__cause__, ValueError):
+                raise
+            where = next((s.split(":", 1)[1].strip() for s in str(e).splitlines() if s.startswith("full_key:")), "")
+            message = f"{e.__cause__}" + (f" ({where})" if where else "")
+        elif isinstance(e, MissingMandatoryValue):   # a ??? in a config: a key the user must give
             key = e.full_key or "a key"
             message = f"{key} has no value (??? in its config): give it on the command line, e.g. {key}=..."
         else:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from facegen.utils import ConfigError
+
 
 # -- terms ---------------------------------------------------------------------------------------
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -101,7 +103,7 @@ class VAELoss:
 
     def __post_init__(self) -> None:
         if self.reconstruction not in ("bce", "mse"):
-            raise ValueError(f"loss.reconstruction must be 'bce' or 'mse', got {self.reconstruction!r}")
+            raise ConfigError(f"loss.reconstruction must be 'bce' or 'mse', got {self.reconstruction!r}")
 
     def terms(self, x01: torch.Tensor, recon01: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
               ) -> dict[str, torch.Tensor]:
@@ -151,7 +153,7 @@ class VAEGANLoss:
     def __post_init__(self) -> None:
         self.min_dis_every = int(self.min_dis_every)
         if self.min_dis_every < 0:
-            raise ValueError(f"loss.min_dis_every must be 0 (off) or a number of steps, got {self.min_dis_every}")
+            raise ConfigError(f"loss.min_dis_every must be 0 (off) or a number of steps, got {self.min_dis_every}")
 
     def forces_discriminator(self, step: int) -> bool:
         """Whether training step ``step`` trains the discriminator whatever the gate says."""

@@ -33,7 +33,8 @@ from facegen.logging import JSONLWriter
 from facegen.losses import VAEGANLoss, equilibrium_gate, equilibrium_gate_tensor, r1_penalty
 from facegen.models.cpu_kernels import use_cpu_kernels, warm_up as warm_up_cpu_kernels
 from facegen.models.vaegan import VAEGAN, build_model, standing_statistics
-from facegen.utils import provenance, resolve_device, resolve_precision, seed_everything, write_provenance
+from facegen.utils import (ConfigError, provenance, resolve_device, resolve_precision, seed_everything,
+                           write_provenance)
 
 NETWORKS = ("encoder", "decoder", "discriminator")
 
@@ -71,12 +72,12 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
     finals = {n: final if f is None else float(f) for n, f in per_final.items()}
     decay_steps = cfg.pop("decay_steps", None)
     if decay_steps is not None and (scheduler != "budget" or int(decay_steps) < 1):
-        raise ValueError(f"optimizer.decay_steps={decay_steps} needs optimizer.scheduler=budget (got {scheduler!r}) "
+        raise ConfigError(f"optimizer.decay_steps={decay_steps} needs optimizer.scheduler=budget (got {scheduler!r}) "
                          f"and a positive number of steps: set both, or drop decay_steps")
     if scheduler == "budget" and progress is None:
         raise ValueError("optimizer.scheduler=budget needs the run's progress (the trainer gives it)")
     if scheduler != "budget" and any(f is not None for f in per_final.values()):
-        raise ValueError(f"optimizer.final_lr_fraction_<network> is used by optimizer.scheduler=budget only, "
+        raise ConfigError(f"optimizer.final_lr_fraction_<network> is used by optimizer.scheduler=budget only, "
                          f"not {scheduler!r}: set optimizer.scheduler=budget or drop the override")
     cfg.pop("name", None)
     cfg["_partial_"] = True
@@ -94,7 +95,7 @@ def build_optimizers(opt_cfg: DictConfig, nets: dict[str, nn.Module], epochs: in
             schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
                 optimizers[name], lambda step, f=finals[name]: 1.0 - (1.0 - f) * _decay_share(progress(), step, decay_steps))
         elif scheduler != "none":
-            raise ValueError(f"optimizer.scheduler must be none, exponential, cosine or budget, got {scheduler!r}")
+            raise ConfigError(f"optimizer.scheduler must be none, exponential, cosine or budget, got {scheduler!r}")
     return optimizers, schedulers
 
 

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work as given: the message names the key and what to use instead."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -28,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+        raise ConfigError(f"device={device} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
     return torch.device(device)
 
 
@@ -41,7 +45,7 @@ def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype
         return None
     if precision in ("bf16-mixed", "bf16"):
         return torch.bfloat16
-    raise ValueError(f"trainer.precision must be auto, 32 or bf16-mixed, got {precision!r}")
+    raise ConfigError(f"trainer.precision must be auto, 32 or bf16-mixed, got {precision!r}")
 
 
 def git_info(cwd: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -193,7 +193,10 @@ def worker_same_process(device_name: str, csv_path: str, quick: bool) -> dict:
 def _run_worker(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
-        return {"error": "\n".join(out.stderr.strip().splitlines()[-6:]) or "failed"}
+        lines = out.stderr.strip().splitlines()
+        # Hydra ends with its config search path: keep the line that says what went wrong, and the tail
+        said = [s for s in lines if s.lstrip().lower().startswith(("error", "could not", "key '")) or "Error:" in s]
+        return {"error": "\n".join(dict.fromkeys(said[:3] + lines[-6:])) or "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -210,6 +213,11 @@ def main() -> None:
     parser.add_argument("--variants-only", action="store_true", help="measure the --variant runs alone")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and not args.worker:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
 
     if args.worker:
         kind, *rest = args.worker

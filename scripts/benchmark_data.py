@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="the fer2013 folder (train/, validation/)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per timing (the best is reported)")
     args = parser.parse_args()
+    if not (args.fer / "train").is_dir():
+        parser.error(f"--fer {args.fer}: no train/ folder there; give the fer2013 folder (train/, validation/)")
     print(json.dumps(benchmark_data(args.quick, args.fer, args.repeat), indent=2))
 
 

@@ -93,16 +93,20 @@ def main() -> None:
     from facegen.explore import limit_faces, sample
     from facegen.metrics import compute_metrics, default_feature_net
 
-    def read_faces(path: str):
+    def read_faces(path: str, flag: str):
+        from facegen.data.base import DataError
         from facegen.data.csv_reader import read_faces_csv
         from facegen.data.folder import read_image_folder
         p = Path(path)
-        return read_faces_csv(p, cache_dir=args.cache_dir) if p.suffix == ".csv" else \
-            read_image_folder(p, cache_dir=args.cache_dir)
+        try:
+            return read_faces_csv(p, cache_dir=args.cache_dir) if p.suffix == ".csv" else \
+                read_image_folder(p, cache_dir=args.cache_dir)
+        except DataError as e:
+            parser.error(f"{flag} {path}: {e}")
 
     runs = read_runs(args.runs)
-    real = limit_faces(read_faces(args.real), args.num_samples, 0).images
-    net = default_feature_net(None if args.feature_net else read_faces(args.train), cache_dir=args.cache_dir,
+    real = limit_faces(read_faces(args.real, "--real"), args.num_samples, 0).images
+    net = default_feature_net(None if args.feature_net else read_faces(args.train, "--train"), cache_dir=args.cache_dir,
                               path=args.feature_net)
     cache: dict = {}
     per_run: dict[str, dict] = {}

@@ -600,3 +600,21 @@ def test_in_training_metrics_measure_against_all_validation_faces(tiny_cfg, monk
     tr = Trainer(tiny_cfg("trainer.eval_every=1", "metrics.num_samples=10"))
     tr.evaluate_quality()
     assert seen == {"real": len(tr.data.val), "n": 10} and len(tr.data.val) > 10
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("trainer.precision=fp16", "trainer.precision must be auto, 32 or bf16-mixed, got 'fp16'"),
+    ("optimizer.scheduler=bogus", "optimizer.scheduler must be none, exponential, cosine or budget"),
+    ("model.latent_dim=0", "model.latent_dim=0: the latent size must be at least 1"),
+    # a constructor's ValueError through hydra.utils.instantiate: its message and the key, no Hydra block
+    ("data.image_size=50", "DCGANEncoder: image_size 50 is not divisible by .*\\(model.encoder\\)"),
+    ("loss.min_dis_every=-1", "loss.min_dis_every must be 0 \\(off\\) or a number of steps, got -1 \\(loss\\)"),
+])
+def test_settings_that_cannot_work_are_one_line_errors(tiny_cfg, setting, says, capsys):
+    from facegen.cli import run_or_explain
+
+    with pytest.raises(SystemExit) as stop:
+        run_or_explain(train, tiny_cfg(setting))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(says, err), err

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from facegen.utils import ConfigError
+
 
 class VAEGAN(nn.Module):
     """Encoder + decoder (+ discriminator when a GAN loss needs one)."""
@@ -18,7 +20,9 @@ class VAEGAN(nn.Module):
                  discriminator: nn.Module | None = None) -> None:
         super().__init__()
         if encoder.latent_dim != decoder.latent_dim:
-            raise ValueError(f"encoder latent_dim {encoder.latent_dim} != decoder latent_dim {decoder.latent_dim}")
+            raise ConfigError(f"encoder latent_dim {encoder.latent_dim} != decoder latent_dim {decoder.latent_dim}")
+        if int(encoder.latent_dim) < 1:   # torch builds zero-size layers without complaint: a decoder that ignores z
+            raise ConfigError(f"model.latent_dim={encoder.latent_dim}: the latent size must be at least 1 (e.g. 64)")
         self.encoder = encoder
         self.decoder = decoder
         self.discriminator = discriminator
