@@ -1,6 +1,7 @@
 """The face CSV reader: the real sample, format variants, every malformed input, both engines, the cache."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -446,3 +447,97 @@ def test_files_that_are_not_plain_csvs_get_the_right_advice(content, says, tmp_p
     (tmp_path / "z.csv").write_bytes(content)
     with pytest.raises(DataError, match=says):
         parse_faces_csv(tmp_path / "z.csv", image_size=None)
+
+
+# -- the cache: what its key must notice, and how it is written (mutation audit, tests-data) ------------
+def test_an_edit_that_keeps_the_size_is_parsed_again(tmp_path):
+    """One pixel fixed in place (129 -> 130): same size, newer mtime; the cache must not serve the old face."""
+    header, rows = sample_lines()
+    path = write_csv(tmp_path / "a.csv", header, rows[:5])
+    assert int(read_age_gender_csv(path, cache_dir=tmp_path / "c").images[0, 0, 0, 0]) == 129
+    size, st = path.stat().st_size, path.stat()
+    f = fields(rows[0])
+    assert f[4].startswith("129 ")
+    write_csv(path, header, [",".join(f[:4] + ["130" + f[4][3:]])] + rows[1:5])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert path.stat().st_size == size
+    assert int(read_age_gender_csv(path, cache_dir=tmp_path / "c").images[0, 0, 0, 0]) == 130
+
+
+def test_a_new_parser_version_rebuilds_the_cache(tmp_path, monkeypatch):
+    """PARSER_VERSION is bumped when the parser's output changes: caches of the old parser must be parsed again."""
+    import facegen.data.csv_reader as reader
+
+    header, rows = sample_lines()
+    path = write_csv(tmp_path / "a.csv", header, rows[:3])
+    read_age_gender_csv(path, cache_dir=tmp_path / "c")
+    parses = []
+    real_parse = reader.parse_faces_csv
+    monkeypatch.setattr(reader, "parse_faces_csv", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    read_age_gender_csv(path, cache_dir=tmp_path / "c")
+    assert parses == []
+    monkeypatch.setattr(reader, "PARSER_VERSION", reader.PARSER_VERSION + 1)
+    read_age_gender_csv(path, cache_dir=tmp_path / "c")
+    assert parses == [1]
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1, "the old parser's cache is removed"
+
+
+def test_the_cache_file_is_never_visible_half_written(tmp_path, monkeypatch):
+    """Another run reading the cache while this one writes it must find no file, not half of one."""
+    import facegen.data.cache as cache
+
+    cache_dir = tmp_path / "c"
+    seen = []
+    real_save = torch.save
+
+    def save_and_look(obj, fh):
+        real_save(obj, fh)
+        fh.flush()
+        seen.append(sorted(p.name for p in cache_dir.glob("*.pt")))   # what a reader would open now
+
+    monkeypatch.setattr(cache.torch, "save", save_and_look)
+    read_age_gender_csv(SAMPLE, cache_dir=cache_dir)
+    assert seen == [[]], "the cache was written in place, under its final name"
+    assert [p.suffix for p in cache_dir.iterdir()] == [".pt"]
+
+
+def test_a_full_disk_while_caching_leaves_no_file_behind(tmp_path, monkeypatch):
+    """ENOSPC mid-write: a warning, the data, and neither a half cache file nor a temp file left over."""
+    import errno
+
+    import facegen.data.cache as cache
+
+    def half_then_full(obj, fh):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache.torch, "save", half_then_full)
+        with pytest.warns(CacheWarning, match="could not write the data cache"):
+            ds = read_age_gender_csv(SAMPLE, cache_dir=tmp_path / "c")
+    assert len(ds) == 149
+    assert list((tmp_path / "c").iterdir()) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "corrupt cache" warning on the next run
+        assert len(read_age_gender_csv(SAMPLE, cache_dir=tmp_path / "c")) == 149
+
+
+def test_the_cache_file_is_as_readable_as_any_new_file(tmp_path):
+    """mkstemp creates 0600 files; a cache shared by a team (data.cache_dir on a shared disk) must not be."""
+    old = os.umask(0o022)
+    try:
+        read_age_gender_csv(SAMPLE, cache_dir=tmp_path / "c")
+    finally:
+        os.umask(old)
+    (file,) = (tmp_path / "c").glob("*.pt")
+    assert file.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_smaller_image_size_is_antialiased(tmp_path):
+    """Faces of 1-pixel stripes shrunk from 48 to 16 must average to gray, not alias into a moire pattern."""
+    stripes = np.tile([0, 255], 24 * 48)
+    path = write_csv(tmp_path / "stripes.csv", "age,pixels", [f"{i},{' '.join(map(str, stripes))}" for i in range(4)])
+    dm = CSVFaces(str(path), image_size=16, val_fraction=0.0, cache_dir=str(tmp_path / "c"))
+    x = dm.train.images.float()
+    assert x.shape == (4, 1, 16, 16)
+    assert abs(x.mean().item() - 127.5) < 2 and x.std().item() < 20
