@@ -1,6 +1,7 @@
 """The image-folder reader: FER2013 at full size, labels from folders and UTKFace names, bad files, cache."""
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -265,3 +266,74 @@ def test_class_indices_agree_between_training_and_validation_folders(tmp_path):
 def test_out_of_range_settings_are_refused_before_reading(setting, says, tmp_path):
     with pytest.raises(DataError, match=says.replace(".", r"\.")):
         FolderFaces(str(tmp_path / "nowhere"), **setting)
+
+
+# -- what the cache key must notice, skipped files, names and orientation (mutation audit, tests-data) ---
+def test_an_image_replaced_in_place_is_decoded_again(tmp_path):
+    """Same name, new pixels (an edited or re-exported photo): the listing's sizes and mtimes change the key."""
+    _save(tmp_path / "faces" / "a.png", np.full((8, 8), 10, dtype=np.uint8))
+    _save(tmp_path / "faces" / "b.png", np.full((8, 8), 20, dtype=np.uint8))
+    assert int(read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c").images[0].max()) == 10
+    st = (tmp_path / "faces" / "a.png").stat()
+    _save(tmp_path / "faces" / "a.png", np.full((8, 8), 200, dtype=np.uint8))
+    os.utime(tmp_path / "faces" / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert int(read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c").images[0].max()) == 200
+
+
+def test_a_new_reader_version_decodes_again(tmp_path, monkeypatch):
+    """READER_VERSION is bumped when decoding changes: an old reader's cache must not be served."""
+    import facegen.data.folder as folder
+
+    _save(tmp_path / "faces" / "a.png", np.full((8, 8), 10, dtype=np.uint8))
+    read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c")
+    decodes = []
+    real_decode = folder._decode_folder
+    monkeypatch.setattr(folder, "_decode_folder", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(folder, "READER_VERSION", folder.READER_VERSION + 1)
+    read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c")
+    assert decodes == [1]
+
+
+def test_skipped_images_leave_every_other_face_with_its_own_labels(tmp_path):
+    """A bad file mid-folder (skip_bad=true) must not shift the faces after it onto their neighbours' labels."""
+    for i in range(12):
+        _save(tmp_path / "faces" / f"{i:02d}.png", np.full((8, 8), 10 * i + 5, dtype=np.uint8))
+    (tmp_path / "faces" / "04b.png").write_bytes(b"not a png")
+    with pytest.warns(SkippedImagesWarning, match=r"skipped 1 .*04b\.png"):
+        ds = read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c", skip_bad=True)
+    assert ds.labels["path"].tolist() == [f"{i:02d}.png" for i in range(12)]
+    assert ds.images[:, 0, 0, 0].tolist() == [10 * i + 5 for i in range(12)]
+    assert (ds.images == ds.images[:, :, :1, :1]).all()
+
+
+def test_upper_case_extensions_are_images(tmp_path):
+    """Cameras and Windows tools write .JPG and .PNG."""
+    _save(tmp_path / "faces" / "a.JPG", np.full((8, 8), 50, dtype=np.uint8), quality=95)
+    _save(tmp_path / "faces" / "b.PNG", np.full((8, 8), 90, dtype=np.uint8))
+    _save(tmp_path / "faces" / "c.Jpeg", np.full((8, 8), 130, dtype=np.uint8), format="JPEG", quality=95)
+    ds = read_image_folder(tmp_path / "faces", image_size=8, cache_dir=tmp_path / "c")
+    assert ds.labels["path"].tolist() == ["a.JPG", "b.PNG", "c.Jpeg"]
+    assert [round(v) for v in ds.images.float().mean(dim=(1, 2, 3)).tolist()] == [50, 90, 130]
+
+
+@pytest.mark.parametrize("size", ["small", "large"])   # batch-decoded (<= 32 KB) and one-by-one JPEGs
+def test_jpeg_exif_orientation_is_applied(size, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 is a face upright, as every viewer shows it."""
+    from PIL import ImageOps
+
+    upright_side = np.zeros((32, 32), dtype=np.uint8)
+    upright_side[:, 16:] = 220                     # as stored: bright right half, a mid-gray top band
+    upright_side[:8] = 120
+    if size == "large":
+        upright_side = np.kron(upright_side, np.ones((8, 8), dtype=np.uint8)).astype(float)
+        upright_side = (upright_side + np.random.default_rng(0).normal(0, 20, upright_side.shape)).clip(0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6                               # rotate 90 degrees clockwise to display
+    path = tmp_path / "faces" / "phone.jpg"
+    _save(path, upright_side.astype(np.uint8), exif=exif, quality=98)
+    assert (path.stat().st_size > 32 * 1024) == (size == "large")
+    got = read_image_folder(tmp_path / "faces", image_size=32, cache_dir=tmp_path / "c").images[0, 0].float()
+    with Image.open(path) as im:
+        shown = ImageOps.exif_transpose(im).convert("L").resize((32, 32), Image.BILINEAR)
+    assert (got - torch.from_numpy(np.array(shown)).float()).abs().mean() < 4
+    assert got[:, -8:].mean() < 140 < got[-8:, :16].mean()   # the top band is now on the right
