@@ -618,3 +618,20 @@ def test_settings_that_cannot_work_are_one_line_errors(tiny_cfg, setting, says, 
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(says, err), err
+
+
+def test_hflip_mirrors_about_half_of_each_training_batch_and_never_the_validation_faces(tiny_cfg):
+    """data.hflip is training augmentation: some faces of a batch mirrored, the rest as they are; the
+    validation losses (and so best.pt) are the same with it on or off."""
+    tr = Trainer(tiny_cfg("data.hflip=true"))
+    idx = tr.data.train_batches(0)[0]
+    plain = tr.model.from_uint8(tr.data.train.images[idx])
+    torch.manual_seed(0)
+    x = tr._batch(idx)
+    mirrored = (x == plain.flip(3)).flatten(1).all(1)
+    as_is = (x == plain).flatten(1).all(1)
+    assert (mirrored | as_is).all() and mirrored.any() and as_is.any()
+    with_flip = tr.validate()
+    tr.data.hflip = False
+    assert torch.equal(tr._batch(idx), plain)
+    assert tr.validate() == with_flip
