@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -53,6 +54,18 @@ def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_temp_file(tm
     monkeypatch.undo()
     assert read_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_checkpoint_gets_the_permissions_of_any_other_new_file(umask, mode, tmp_path):
+    """mkstemp makes its temp file 0600 whatever the umask: renamed into place as it was, last.pt, best.pt and
+    the feature net were unreadable to a teammate (evaluate, trainer.resume) while the rest of the run dir was not."""
+    old = os.umask(umask)
+    try:
+        path = atomic_save({"step": 1}, tmp_path / "last.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
 
 
 # -- weights that do not fit ---------------------------------------------------------------------
