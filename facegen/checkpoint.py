@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from facegen.models.vaegan import VAEGAN, build_model
+from facegen.utils import atomic_save  # noqa: F401  (checkpoints are written with it; imported from here)
 
 FORMAT_VERSION = 1
 SEED_ENCODER_PREFIXES = ("encoder.", "fc_mu.", "fc_var.")
@@ -24,32 +24,6 @@ SEED_DECODER_PREFIXES = ("decoder_input.", "decoder.", "final_layer.")
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read or does not fit the model: the message says which and why."""
-
-
-# -- atomic writes ---------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, flush + fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)   # mkstemp makes the file 0600: give it the mode open() would (0644 under umask 022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint") -> dict:

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 
 from facegen.data.base import FaceDataset
+from facegen.utils import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -160,24 +160,12 @@ def save_cache(file: Path, dataset: FaceDataset, key: dict[str, Any], extra: dic
             "images_crc": _images_crc(images.view(-1)), "columns": spec, "name": dataset.name,
             "extra": extra}
     meta["digest"] = _digest(meta)
-    tmp_name = None
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"meta": json.dumps(meta), "images": images, "labels": cols}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a cache is as readable as its source
-        os.replace(tmp_name, file)
-        tmp_name = None
+        atomic_save({"meta": json.dumps(meta), "images": images, "labels": cols}, file)
     except OSError as e:
         warnings.warn(f"could not write the data cache {file} ({e}); the data will be parsed again "
                       "next time. Set data.cache_dir to a writable folder.", CacheWarning, stacklevel=3)
         return False
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
     prefix = file.name.rsplit("-", 1)[0] + "-"
     for old in file.parent.glob(prefix + "*.pt"):
         if old != file:
