@@ -155,6 +155,45 @@ def test_a_copying_model_shows_in_nearest(tmp_path):
         assert not np.array_equal(tile(r, 1), tile(r, 2))
 
 
+def test_copy_check_ratio_is_samples_over_held_out_faces():
+    """The printed copy check: median nearest-training-face distance of the samples over that of unseen
+    faces; samples that are training faces read ~0 ("copies"), samples far from all faces read > 1."""
+    import re
+
+    from facegen.evaluate import copy_check
+
+    g = torch.Generator().manual_seed(0)
+    train, held = torch.randn(50, 8, generator=g), torch.randn(20, 8, generator=g)
+    d_held = float(torch.cdist(held.double(), train.double()).min(1).values.median())
+
+    def ratio(text: str) -> float:
+        return float(re.search(r"\(ratio ([^;]+);", text).group(1))
+
+    assert ratio(copy_check(train[:20].clone(), held, train)) == 0.0
+    far = held * 3
+    d_far = float(torch.cdist(far.double(), train.double()).min(1).values.median())
+    text = copy_check(far, held, train)
+    assert ratio(text) == pytest.approx(d_far / d_held, abs=0.005) and ratio(text) > 1
+    assert f"samples {d_far:.4g}, held-out faces {d_held:.4g}" in text
+
+
+def test_the_better_column_says_which_way_each_metric_is_better():
+    """format_table's "better" column (and scripts/rank_agreement.py, which orders runs by it)."""
+    from facegen.evaluate import _direction, format_table
+
+    expected = {"fd_facenet": "lower", "kid_facenet": "lower", "kid_facenet_std": "", "fid_inception": "lower",
+                "precision": "higher", "recall": "higher", "density": "near 1", "coverage": "higher",
+                "fd_eigenfaces": "lower", "sharpness_ratio": "near 1", "texture_outliers": "lower",
+                "spectral_distance": "lower", "recon_mse": "lower", "recon_psnr": "higher", "recon_ssim": "higher",
+                "recon_feature_distance": "lower", "feature_net_hash": "", "num_samples": "", "num_real": ""}
+    assert set(KEYS) <= set(expected)
+    assert {key: _direction(key) for key in expected} == expected
+    table = format_table({"model": {"recall": 0.5, "kid_facenet_std": 0.01}, "baseline": {"recall": 0.25}})
+    assert [line.split() for line in table.splitlines()] == [["metric", "better", "model", "baseline"],
+                                                             ["recall", "higher", "0.5", "0.25"],
+                                                             ["kid_facenet_std", "0.01", "-"]]
+
+
 # -- the seed checkpoint, and baseline= ---------------------------------------------------------------------
 @needs_seed
 def test_seed_checkpoint_beside_a_baseline(tiny_ema_ckpt, tiny_net, tmp_path, capsys):

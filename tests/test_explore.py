@@ -114,6 +114,57 @@ def test_slerp_degenerate_ends_fall_back_to_straight_lines():
     torch.testing.assert_close(z, ex.lerp(a, b, torch.linspace(0, 1, 5)), rtol=1e-5, atol=1e-5)
 
 
+def test_interpolate_slerp_follows_the_great_circle_and_lerp_the_chord(tiny_ckpt):
+    """method=slerp (the default) is slerp all the way to the decoder, checked against the textbook
+    formula in float64; method=lerp is the straight line. Both meet the ends exactly."""
+    model = ex.load(tiny_ckpt, "cpu").model
+    z = ex.prior(model, 4, 1.0, 0)
+    a, b = z[:2], z[2:]
+    t = np.linspace(0, 1, 5)[None, :, None]
+    a64, b64 = a.double().numpy()[:, None], b.double().numpy()[:, None]
+    na, nb = np.linalg.norm(a64, axis=-1, keepdims=True), np.linalg.norm(b64, axis=-1, keepdims=True)
+    omega = np.arccos(np.sum(a64 / na * b64 / nb, axis=-1, keepdims=True))
+    direction = (np.sin((1 - t) * omega) * a64 / na + np.sin(t * omega) * b64 / nb) / np.sin(omega)
+    great_circle = torch.from_numpy(direction * ((1 - t) * na + t * nb)).float()
+
+    frames, path = ex.interpolate(model, a, b, 5, "slerp")
+    torch.testing.assert_close(path, great_circle, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(frames, ex.decode(model, great_circle), rtol=0, atol=1e-5)
+    _, chord = ex.interpolate(model, a, b, 5, "lerp")
+    torch.testing.assert_close(chord, torch.from_numpy((1 - t) * a64 + t * b64).float(), rtol=1e-6, atol=1e-6)
+    assert (path[:, 2].norm(dim=-1) > chord[:, 2].norm(dim=-1) + 1e-2).all()   # slerp's middle is not shortened
+    for p in (path, chord):
+        torch.testing.assert_close(p[:, 0], a, rtol=0, atol=1e-5)
+        torch.testing.assert_close(p[:, -1], b, rtol=0, atol=1e-5)
+
+
+def test_batching_keeps_faces_and_latents_in_order(tiny_ckpt):
+    """encode, decode, sample and reconstruct in batches of 3-4 give what one call of the model gives,
+    row for row: with more faces than batch_size (256), latents.npy and labels.csv, samples and their z,
+    frames and their place in the grid must stay aligned."""
+    from facegen.data import draw_faces
+
+    model = ex.load(tiny_ckpt, "cpu").model
+    images, _ = draw_faces(11, 48, seed=0, channels=1)
+    with torch.no_grad():
+        mu_ref, logvar_ref = model.encode(model.from_uint8(images))
+        recon_ref = model.to_unit(model.decode(mu_ref))
+    mu, logvar = ex.encode(model, images, batch_size=4)
+    torch.testing.assert_close(mu, mu_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logvar, logvar_ref, rtol=0, atol=1e-5)
+    real, recon = ex.reconstruct(model, images, batch_size=4)
+    torch.testing.assert_close(real, images.float() / 255)
+    torch.testing.assert_close(recon, recon_ref, rtol=0, atol=1e-5)
+    z = ex.prior(model, 12, 1.0, 3).reshape(3, 4, -1)    # [K, T, D] like an interpolation
+    with torch.no_grad():
+        each = torch.stack([model.to_unit(model.decode(z[k])) for k in range(3)])
+    torch.testing.assert_close(ex.decode(model, z, batch_size=5), each, rtol=0, atol=1e-5)
+    images_a, z_a = ex.sample(model, 7, 1.0, seed=2, batch_size=3)
+    images_b, z_b = ex.sample(model, 7, 1.0, seed=2)
+    assert torch.equal(z_a, z_b)
+    torch.testing.assert_close(images_a, images_b, rtol=0, atol=1e-5)
+
+
 # -- sample --------------------------------------------------------------------------------------------
 @both
 def test_sample_from_the_prior(which, tiny_ckpt, tmp_path):

@@ -282,3 +282,41 @@ def test_a_resumed_run_rewinds_the_csv_and_jsonl_records_past_its_checkpoint(tmp
     assert writer.keep_until(4) == 2
     assert [json.loads(s)["step"] for s in writer.path.read_text().splitlines()] == [2, 4]
     assert writer.set_aside() == tmp_path / "metrics.jsonl.1" and writer.set_aside() is None
+
+
+def test_each_earlier_attempt_is_kept_under_its_own_number(tmp_path):
+    """Three fresh starts in one run dir: attempts 1 and 2 stay as metrics.jsonl.1 and .2 (and metrics.csv.1
+    and .2); a later start never overwrites an earlier attempt's record."""
+    from facegen.logging import JSONLWriter
+
+    writer = JSONLWriter(tmp_path / "metrics.jsonl")
+    for attempt in (1, 2, 3):
+        writer.write({"step": 1, "attempt": attempt})
+        log = CSVLogger(run_dir=tmp_path)
+        log.rewind(0)
+        log.log_metrics({"attempt": attempt}, 1)
+        if attempt < 3:
+            assert writer.set_aside() == tmp_path / f"metrics.jsonl.{attempt}"
+    for n in (1, 2):
+        assert json.loads((tmp_path / f"metrics.jsonl.{n}").read_text())["attempt"] == n
+        with open(tmp_path / f"metrics.csv.{n}", newline="") as f:
+            assert [r["attempt"] for r in csv.DictReader(f)] == [str(n)]
+    assert json.loads(writer.path.read_text())["attempt"] == 3
+
+
+def test_csv_columns_are_the_union_of_all_rows_and_a_rewind_rewrites_the_file(tmp_path):
+    """A step that logs only validation keys after steps that logged only training keys: every column
+    stays, empty where a row has no value (no ValueError from the CSV writer); and a rewind rewrites
+    metrics.csv at once, so the file never shows steps the resumed run has not redone."""
+    log = CSVLogger(run_dir=tmp_path)
+    log.log_metrics({"loss/kl": 1.0}, 1)
+    log.log_metrics({"val/loss": 2.0}, 2)
+    log.log_metrics({"loss/kl": 0.5, "lr": 1e-3}, 3)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["step", "loss/kl", "val/loss", "lr"]
+        assert [tuple(r.values()) for r in reader] == [("1", "1.0", "", ""), ("2", "", "2.0", ""),
+                                                       ("3", "0.5", "", "0.001")]
+    CSVLogger(run_dir=tmp_path).rewind(2)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]

@@ -112,6 +112,16 @@ def test_extract_features_accepts_uint8_float_other_sizes_and_channels(net, face
     assert extract_features(net, big).shape == (8, 32)
 
 
+def test_a_gray_net_reads_rgb_faces_as_their_channel_mean(net, faces):
+    """RGB samples measured with a gray feature net (the default net of a gray dataset) are read as the
+    mean of their channels, not as one of them: here three different faces as the R, G, B channels."""
+    x = faces["a"][:24].float() / 255
+    rgb = torch.cat([x[:8], x[8:16], x[16:]], dim=1)   # [8, 3, 48, 48]
+    torch.testing.assert_close(extract_features(net, rgb), extract_features(net, rgb.mean(1, keepdim=True)),
+                               atol=1e-5, rtol=1e-5)
+    assert (extract_features(net, rgb) - extract_features(net, x[:8])).abs().max() > 1e-2
+
+
 def test_label_targets_pick_heads_per_column_kind():
     df = pd.DataFrame({
         "path": [f"happy/{i}.jpg" for i in range(40)],  # identifier: skipped
@@ -234,6 +244,33 @@ def test_prdc_hand_computed_case():
     assert got == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "density": 4 / 3, "coverage": 2 / 3})
 
 
+def _prdc_reference(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Naeem et al.'s definitions written out with scipy's cdist: closed k-NN balls, the point itself excluded."""
+    from scipy.spatial.distance import cdist
+
+    r_real = np.sort(cdist(real, real), axis=1)[:, k]   # column 0 is the point itself
+    r_fake = np.sort(cdist(fake, fake), axis=1)[:, k]
+    d = cdist(fake, real)                                # [fake, real]
+    inside = d <= r_real[None, :]
+    return {"precision": float(inside.any(1).mean()),
+            "recall": float((d <= r_fake[:, None]).any(0).mean()),
+            "density": float(inside.sum() / (k * len(fake))),
+            "coverage": float(inside.any(0).mean())}
+
+
+def test_prdc_balls_are_closed_and_match_a_reference():
+    """Ties are exactly on a ball's edge, where closed and open balls differ: Kynkäänniemi's balls are
+    closed, so a fake at distance == the radius counts. Integer grids make ties common (and exact)."""
+    real, fake = np.array([[0.0], [1.0], [2.0]]), np.array([[3.0], [5.0], [7.0]])
+    # k=1 radii: real 1, 1, 1; fake 2, 2, 2. Fake 3 is on real 2's ball edge; reals 1 and 2 in fake 3's ball
+    got = precision_recall_density_coverage(real, fake, k=1)
+    assert got == pytest.approx({"precision": 1 / 3, "recall": 2 / 3, "density": 1 / 3, "coverage": 1 / 3})
+    rng = np.random.default_rng(0)
+    for k in (1, 3):
+        real, fake = rng.integers(0, 5, size=(40, 2)).astype(float), rng.integers(1, 7, size=(30, 2)).astype(float)
+        assert precision_recall_density_coverage(real, fake, k=k) == pytest.approx(_prdc_reference(real, fake, k))
+
+
 def test_precision_high_on_real_and_recall_detects_mode_collapse(feats):
     real_vs_real = precision_recall_density_coverage(feats["a"], feats["b"], k=5)
     assert real_vs_real["precision"] > 0.9 and real_vs_real["recall"] > 0.9
@@ -279,6 +316,30 @@ def test_sharpness_and_spectrum_see_blur(faces):
     assert abs(float(prof_real[0] - prof_blur[0])) < 0.5
 
 
+def _radial_log_power_numpy(images: np.ndarray) -> np.ndarray:
+    """The azimuthal mean of log |FFT|^2 of the channel-mean gray image, per integer radius, in numpy."""
+    n, _, h, w = images.shape
+    gray = images.astype(np.float64).mean(axis=1)
+    power = np.abs(np.fft.fft2(gray)) ** 2
+    radius = np.round(np.hypot(*np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij"))).astype(int)
+    logp = np.log(power + 1e-10)
+    return np.array([logp[:, radius == r].mean() for r in range(radius.max() + 1)])
+
+
+def test_radial_spectrum_and_spectral_distance_match_numpy():
+    """Log *power* (not amplitude) of the channel mean (not one channel), and the mean *absolute*
+    difference of the two profiles (a signed mean lets high-frequency loss cancel a low-frequency gain)."""
+    g = torch.Generator().manual_seed(0)
+    fake = torch.rand(5, 3, 16, 16, generator=g) * torch.tensor([0.2, 1.0, 0.5]).reshape(1, 3, 1, 1)
+    real = gaussian_blur(torch.rand(7, 3, 16, 16, generator=g), kernel_size=5, sigma=1.0)
+    ref_fake, ref_real = _radial_log_power_numpy(fake.numpy()), _radial_log_power_numpy(real.numpy())
+    np.testing.assert_allclose(radial_log_spectrum(fake).numpy(), ref_fake, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(radial_log_spectrum(real).numpy(), ref_real, rtol=1e-9, atol=1e-9)
+    diff = ref_fake - ref_real
+    assert (diff > 0).any() and (diff < 0).any()   # the two profiles cross: sign matters
+    assert spectral_distance(fake, real) == pytest.approx(float(np.abs(diff).mean()), rel=1e-9)
+
+
 def test_sharpness_ratio_of_a_known_pattern():
     # a checkerboard of 0/1 has Laplacian +-4 everywhere (variance 16); half its contrast, 1/4 of that
     board = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2
@@ -319,6 +380,18 @@ def test_reconstruction_metrics_identity_and_known_error(net, faces):
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     y = blur((x * 255).round().to(torch.uint8), 2)
     assert blurred["recon_ssim"] == pytest.approx(float(ssim(y.double(), x.double(), data_range=1.0)), abs=1e-5)
+
+
+def test_recon_feature_distance_is_the_mean_l2_distance_per_face():
+    """recon_feature_distance: mean over faces of ||f(x) - f(recon)||_2 (not squared), checked with
+    a feature net whose features are the pixels themselves."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 16, 16, generator=g) * 0.5 + 0.25
+    recon = x + torch.linspace(0.01, 0.2, 6).reshape(6, 1, 1, 1) * torch.randn(x.shape, generator=g).clamp(-1, 1)
+    got = reconstruction_metrics(x, recon, torch.nn.Flatten())
+    ref = np.linalg.norm((x - recon).flatten(1).double().numpy(), axis=1)
+    assert got["recon_feature_distance"] == pytest.approx(float(ref.mean()), rel=1e-5)
+    assert got["recon_mse"] == pytest.approx(float(((x - recon).double() ** 2).mean()), rel=1e-9)
 
 
 # -- the full record ---------------------------------------------------------------------------
@@ -364,6 +437,35 @@ def test_quick_metrics_subsamples_and_agrees_in_direction(net, faces):
     assert quick_metrics(faces["b"], faces["a"], net, max_samples=300, kid_subsets=5) == good
     full = compute_metrics(faces["b"][:300], faces["a"][:300], net, kid_subsets=5)
     assert good["fd_facenet"] != full["fd_facenet"]  # a random 300 of each, not the first 300
+
+
+def _pool_net(seed: int) -> torch.nn.Module:
+    """A tiny fixed feature net: 4x4 average pool then a seeded linear map (its own weights hash)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(16, 6))
+
+
+def test_compute_and_quick_metrics_pass_real_and_fake_to_the_right_side():
+    """precision is about the samples, recall about the real faces: a sample set that repeats 3 real faces
+    has high precision and low recall, whichever way the sets are passed in. compute_metrics also
+    honours k and the KID seed, and its real_cache never hands one net's real features to another net."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(40, 1, 16, 16, generator=g)
+    fake = real[[0, 1, 2]].repeat(10, 1, 1, 1) + 0.01 * torch.rand(30, 1, 16, 16, generator=g)
+    net, other = _pool_net(0), _pool_net(1)
+    f_real, f_fake = extract_features(net, real), extract_features(net, fake)
+    expected = precision_recall_density_coverage(f_real, f_fake, k=2)
+    assert expected["precision"] > 0.9 and expected["recall"] < 0.3
+    cache: dict = {}
+    out = compute_metrics(fake, real, net, kid_subsets=3, k=2, seed=5, real_cache=cache)
+    assert {key: out[key] for key in expected} == pytest.approx(expected, rel=1e-12)
+    assert out["kid_features"] == pytest.approx(kernel_distance(f_real, f_fake, 3, 1000, seed=5)[0], rel=1e-12)
+    quick = quick_metrics(fake, real, net, max_samples=100, kid_subsets=3, k=2)   # no subsampling: all 40/30
+    assert (quick["precision"], quick["recall"]) == pytest.approx((expected["precision"], expected["recall"]))
+    # a second net with the same cache: its own real features, the same numbers as without a cache
+    assert compute_metrics(fake, real, other, kid_subsets=3, k=2, real_cache=cache) == \
+        compute_metrics(fake, real, other, kid_subsets=3, k=2)
 
 
 @pytest.mark.slow
