@@ -618,3 +618,70 @@ def test_settings_that_cannot_work_are_one_line_errors(tiny_cfg, setting, says, 
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(says, err), err
+
+
+def test_in_training_metrics_and_grids_sample_the_ema_decoder_in_eval_mode(tiny_cfg, monkeypatch):
+    """With trainer.ema_decay the face metrics decode with the EMA copy (the decoder that sample and
+    evaluate load), in eval mode as they do: running statistics, not each batch's own; and drawing
+    the metrics' samples or the sample grid leaves the EMA's saved state as it was."""
+    import facegen.metrics as metrics
+
+    seen = {}
+    monkeypatch.setattr(metrics, "default_feature_net", lambda *a, **k: torch.nn.Identity())
+    monkeypatch.setattr(metrics, "quick_metrics", lambda fake, real, net, max_samples, **k: seen.update(fake=fake) or {})
+    tr = Trainer(tiny_cfg("trainer.ema_decay=0.5", "trainer.eval_every=1", "metrics.num_samples=8",
+                          "trainer.channels_last=false"))
+    batches = tr.data.train_batches(0)
+    for i in range(3):
+        tr.train_step(tr._batch(batches[i]))
+    ema_state = {k: v.clone() for k, v in tr.ema.module.state_dict().items()}
+    tr.evaluate_quality()
+    tr.save_grids("check")
+    assert all(torch.equal(v, ema_state[k]) for k, v in tr.ema.module.state_dict().items())
+    z = torch.randn(8, tr.model.latent_dim, generator=torch.Generator().manual_seed(int(tr.cfg.seed) + 1))
+    with torch.no_grad():
+        by_ema = tr.model.to_unit(tr.ema.module.eval()(z))
+        by_raw = tr.model.to_unit(tr.model.decoder.eval()(z))
+    tr.model.train()
+    assert not torch.allclose(by_ema, by_raw, atol=1e-4)
+    torch.testing.assert_close(seen["fake"], by_ema)
+    tr.close()
+
+
+def test_the_saved_ema_decoder_keeps_its_standing_statistics(tmp_path):
+    """With trainer.ema_decay and trainer.standing_stats, the checkpoint's decoder_ema (what sample,
+    evaluate and explore load by default) holds the standing statistics of its own weights: drawing
+    the sample grid before the save must not move them (the EMA copy decodes in eval mode)."""
+    from facegen.models import build_model, standing_statistics
+
+    cfg = compose_config("train", tiny_overrides("trainer.max_steps=4", "trainer.standing_stats=2",
+                                                 "trainer.ema_decay=0.5"), output_dir=tmp_path / "run")
+    train(cfg)
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]["decoder_ema"]
+    decoder = build_model(cfg.model, with_discriminator=False).decoder
+    decoder.load_state_dict(saved)
+    standing_statistics(decoder, cfg.model.latent_dim, 2, seed=int(cfg.seed) * 1_000_003 + 4)
+    for k, v in decoder.state_dict().items():
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(saved[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
+    """The kill -9 test's checkpoint lands wherever the kill does (often an epoch's end); this one stops
+    deterministically mid-epoch (trainer.max_steps=7: 2 steps into the second epoch of 5) and resumes:
+    the RNG (hflip, noise), the optimizers, the cosine schedule, the EMA and the position in the
+    epoch all carry over, so the weights and the EMA decoder end bit-identical to a run that was
+    never stopped (and the budget's end grids, drawn from the EMA, leave it alone)."""
+    common = ("trainer.epochs=2", "data.hflip=true", "trainer.ema_decay=0.9", "optimizer.scheduler=cosine")
+    whole = compose_config("train", tiny_overrides(*common), output_dir=tmp_path / "whole")
+    train(whole)
+    cut = compose_config("train", tiny_overrides(*common, "trainer.max_steps=7"), output_dir=tmp_path / "cut")
+    train(cut)
+    stopped = read_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (stopped["epoch"], stopped["batch_in_epoch"]) == (1, 2)
+    cut.trainer.max_steps, cut.trainer.resume = None, "auto"
+    train(cut)
+    _assert_identical(_final_weights(tmp_path / "whole"), _final_weights(tmp_path / "cut"))
+    a, b = (read_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("whole", "cut"))
+    assert a["step"] == b["step"] == 10 and a["schedulers"] == b["schedulers"]
+    assert a["optimizers"]["decoder"]["param_groups"] == b["optimizers"]["decoder"]["param_groups"]
