@@ -869,3 +869,46 @@ def test_a_non_finite_loss_is_never_saved_by_a_periodic_checkpoint(tiny_cfg, mon
     ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"]["encoder"].values() if v.is_floating_point())
+
+
+def _through_torch_save(obj):
+    """obj through torch.save and a weights-only load, as a checkpoint's values travel."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_file_whole(tmp_path):
+    """atomic_save writes a temp file and renames it: a save that dies half-way (here: an object
+    torch.save cannot serialise, after the first tensors are written) leaves last.pt as it was, and
+    no temp file behind."""
+    from facegen.checkpoint import atomic_save
+
+    last = tmp_path / "checkpoints" / "last.pt"
+    atomic_save({"step": 1, "w": torch.ones(1000)}, last)
+    before = last.read_bytes()
+    with pytest.raises(Exception):
+        atomic_save({"step": 2, "w": torch.zeros(1000), "z": lambda: None}, last)
+    assert last.read_bytes() == before and read_checkpoint(last)["step"] == 1
+    assert [p.name for p in last.parent.iterdir()] == ["last.pt"]
+
+
+def test_rng_state_round_trips_python_numpy_and_torch():
+    """The RNG state a checkpoint carries restores every global generator a run may draw from."""
+    import random
+
+    import numpy as np
+
+    from facegen.checkpoint import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()                             # leaves numpy with a cached Gaussian
+    state = _through_torch_save(rng_state())
+    first = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(state)
+    again = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
