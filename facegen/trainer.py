@@ -154,8 +154,10 @@ class Trainer:
         self._graphs = False  # set below, once the networks, optimizers and compile are known
         self.ema = None
         if t.ema_decay:
+            # eval mode for good: the copy is never trained by a forward pass, and in train mode each grid
+            # and metrics decode used batch statistics and moved the running ones the checkpoint saves
             self.ema = AveragedModel(self.model.decoder, multi_avg_fn=get_ema_multi_avg_fn(float(t.ema_decay)),
-                                     use_buffers=True)
+                                     use_buffers=True).eval()
         # what the forward pass calls: DDP and/or compiled wrappers around the same parameters
         self.calls = dist.wrap(self.nets, self.device) if self.world_size > 1 else dict(self.nets)
         self.compiled = False

@@ -233,12 +233,13 @@ def test_a_failing_compile_falls_back_to_eager(tiny_cfg, capsys):
     torch._dynamo.reset()
 
 
-def _gated_run(tiny_cfg, on_device: bool, steps: int = 6) -> tuple[list[dict[str, float]], dict]:
+def _gated_run(tiny_cfg, on_device: bool, steps: int = 6, equilibrium: float = 0.68,
+               margin: float = 0.05) -> tuple[list[dict[str, float]], dict]:
     """A few equilibrium-gated steps with fused Adam; the gate read on the host or kept on the device."""
     from facegen.trainer import build_optimizers
 
     # margin 0.05 makes the gate rest a network on most steps, so both branches are exercised
-    tr = Trainer(tiny_cfg("loss.equilibrium=0.68", "loss.margin=0.05", "trainer.compile=false"))
+    tr = Trainer(tiny_cfg(f"loss.equilibrium={equilibrium}", f"loss.margin={margin}", "trainer.compile=false"))
     tr.optimizers, tr.schedulers = build_optimizers(tr.cfg.optimizer, tr.nets, 1, fused=True)
     tr._gate_on_device = on_device
     out = []
@@ -259,6 +260,17 @@ def test_gate_on_the_device_matches_the_host_gate(tiny_cfg):
     for step, (a, b) in enumerate(zip(host, dev)):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), f"step {step} {k}"
+    for k in w_host:
+        torch.testing.assert_close(w_dev[k], w_host[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_device_gate_rests_the_decoders_gan_term_as_the_host_gate_does(tiny_cfg):
+    """Equilibrium 0, margin 0: every cost is above the upper threshold, so each step rests the
+    decoder's GAN term (and trains D); the device gate's decoder must then match the host's."""
+    host, w_host = _gated_run(tiny_cfg, on_device=False, steps=2, equilibrium=0.0, margin=0.0)
+    dev, w_dev = _gated_run(tiny_cfg, on_device=True, steps=2, equilibrium=0.0, margin=0.0)
+    assert [(s["gate/decoder_gan"], s["gate/discriminator"]) for s in host] == [(0.0, 1.0)] * 2
+    assert [(s["gate/decoder_gan"], s["gate/discriminator"]) for s in dev] == [(0.0, 1.0)] * 2
     for k in w_host:
         torch.testing.assert_close(w_dev[k], w_host[k], rtol=1e-5, atol=1e-6, msg=k)
 

@@ -635,3 +635,282 @@ def test_hflip_mirrors_about_half_of_each_training_batch_and_never_the_validatio
     tr.data.hflip = False
     assert torch.equal(tr._batch(idx), plain)
     assert tr.validate() == with_flip
+
+
+def test_in_training_metrics_and_grids_sample_the_ema_decoder_in_eval_mode(tiny_cfg, monkeypatch):
+    """With trainer.ema_decay the face metrics decode with the EMA copy (the decoder that sample and
+    evaluate load), in eval mode as they do: running statistics, not each batch's own; and drawing
+    the metrics' samples or the sample grid leaves the EMA's saved state as it was."""
+    import facegen.metrics as metrics
+
+    seen = {}
+    monkeypatch.setattr(metrics, "default_feature_net", lambda *a, **k: torch.nn.Identity())
+    monkeypatch.setattr(metrics, "quick_metrics", lambda fake, real, net, max_samples, **k: seen.update(fake=fake) or {})
+    tr = Trainer(tiny_cfg("trainer.ema_decay=0.5", "trainer.eval_every=1", "metrics.num_samples=8",
+                          "trainer.channels_last=false"))
+    batches = tr.data.train_batches(0)
+    for i in range(3):
+        tr.train_step(tr._batch(batches[i]))
+    ema_state = {k: v.clone() for k, v in tr.ema.module.state_dict().items()}
+    tr.evaluate_quality()
+    tr.save_grids("check")
+    assert all(torch.equal(v, ema_state[k]) for k, v in tr.ema.module.state_dict().items())
+    z = torch.randn(8, tr.model.latent_dim, generator=torch.Generator().manual_seed(int(tr.cfg.seed) + 1))
+    with torch.no_grad():
+        by_ema = tr.model.to_unit(tr.ema.module.eval()(z))
+        by_raw = tr.model.to_unit(tr.model.decoder.eval()(z))
+    tr.model.train()
+    assert not torch.allclose(by_ema, by_raw, atol=1e-4)
+    torch.testing.assert_close(seen["fake"], by_ema)
+    tr.close()
+
+
+def test_the_saved_ema_decoder_keeps_its_standing_statistics(tmp_path):
+    """With trainer.ema_decay and trainer.standing_stats, the checkpoint's decoder_ema (what sample,
+    evaluate and explore load by default) holds the standing statistics of its own weights: drawing
+    the sample grid before the save must not move them (the EMA copy decodes in eval mode)."""
+    from facegen.models import build_model, standing_statistics
+
+    cfg = compose_config("train", tiny_overrides("trainer.max_steps=4", "trainer.standing_stats=2",
+                                                 "trainer.ema_decay=0.5"), output_dir=tmp_path / "run")
+    train(cfg)
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]["decoder_ema"]
+    decoder = build_model(cfg.model, with_discriminator=False).decoder
+    decoder.load_state_dict(saved)
+    standing_statistics(decoder, cfg.model.latent_dim, 2, seed=int(cfg.seed) * 1_000_003 + 4)
+    for k, v in decoder.state_dict().items():
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(saved[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
+    """The kill -9 test's checkpoint lands wherever the kill does (often an epoch's end); this one stops
+    deterministically mid-epoch (trainer.max_steps=7: 2 steps into the second epoch of 5) and resumes:
+    the RNG (hflip, noise), the optimizers, the cosine schedule, the EMA and the position in the
+    epoch all carry over, so the weights and the EMA decoder end bit-identical to a run that was
+    never stopped (and the budget's end grids, drawn from the EMA, leave it alone)."""
+    common = ("trainer.epochs=2", "data.hflip=true", "trainer.ema_decay=0.9", "optimizer.scheduler=cosine")
+    whole = compose_config("train", tiny_overrides(*common), output_dir=tmp_path / "whole")
+    train(whole)
+    cut = compose_config("train", tiny_overrides(*common, "trainer.max_steps=7"), output_dir=tmp_path / "cut")
+    train(cut)
+    stopped = read_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (stopped["epoch"], stopped["batch_in_epoch"]) == (1, 2)
+    cut.trainer.max_steps, cut.trainer.resume = None, "auto"
+    train(cut)
+    _assert_identical(_final_weights(tmp_path / "whole"), _final_weights(tmp_path / "cut"))
+    a, b = (read_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("whole", "cut"))
+    assert a["step"] == b["step"] == 10 and a["schedulers"] == b["schedulers"]
+    assert a["optimizers"]["decoder"]["param_groups"] == b["optimizers"]["decoder"]["param_groups"]
+
+
+def test_ema_decoder_is_the_moving_average_of_the_trained_decoder(tiny_cfg):
+    """trainer.ema_decay=d: after each step, EMA = d * EMA + (1 - d) * decoder (the first step copies),
+    parameters and norm buffers alike; the checkpoint's decoder_ema is that average."""
+    tr = Trainer(tiny_cfg("trainer.ema_decay=0.5", "trainer.channels_last=false"))
+    batches = tr.data.train_batches(0)
+    expected = None
+    for i in range(3):
+        tr.train_step(tr._batch(batches[i]))
+        tr.step += 1
+        now = {k: v.detach().clone() for k, v in tr.model.decoder.state_dict().items() if v.is_floating_point()}
+        expected = now if expected is None else {k: 0.5 * expected[k] + 0.5 * now[k] for k in now}
+    ema = tr.ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(ema[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert not torch.equal(ema["fc.0.weight"], tr.model.decoder.state_dict()["fc.0.weight"])
+    assert tr.state_dict()["model"]["decoder_ema"]["fc.0.weight"].equal(ema["fc.0.weight"])
+    tr.close()
+
+
+def test_instance_noise_is_shared_by_a_face_and_its_reconstruction(tiny_cfg):
+    """loss.instance_noise: the discriminator sees x + n, Dec(Enc(x)) + n (the same n, so the feature
+    reconstruction compares like with like) and Dec(z_p) + n' with noise of its own."""
+    tr = Trainer(tiny_cfg("trainer.channels_last=false", "loss.instance_noise=0.5"))
+    seen, generated = [], []
+    h1 = tr.model.discriminator.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    h2 = tr.model.decoder.register_forward_hook(lambda m, args, out: generated.append(out.detach().clone()))
+    x = tr._batch(tr.data.train_batches(0)[0])
+    tr.train_step(x)
+    h1.remove()
+    h2.remove()
+    tr.close()
+    b, (d_in,), (gen,) = x.shape[0], seen, generated
+    noise = d_in - torch.cat([x, gen])
+    torch.testing.assert_close(noise[:b], noise[b:2 * b], rtol=0, atol=1e-5)
+    assert 0.4 < float(noise.std()) < 0.6
+    assert not torch.allclose(noise[:b], noise[2 * b:], atol=0.1)
+
+
+def test_r1_enters_the_discriminators_objective_as_gamma_over_two(tiny_cfg):
+    """loss.r1_weight=gamma: the discriminator's gradient is that of L_GAN(D) + gamma / 2 * R1."""
+    from facegen.losses import discriminator_gan_loss, r1_penalty
+
+    tr = Trainer(tiny_cfg("trainer.channels_last=false", "loss.equilibrium=null", "loss.r1_weight=4"))
+    x = tr._batch(tr.data.train_batches(0)[0])
+    captured = {}
+    tr._clip_and_step = lambda names: captured.update({n: _grads(tr.nets[n].parameters()) for n in names})
+    rng = torch.get_rng_state()
+    tr.train_step(x)
+    torch.set_rng_state(rng)                      # the same forward pass again, differentiated by hand
+    m, b = tr.model, x.shape[0]
+    x_real = x.detach().requires_grad_(True)
+    mu, logvar = m.encoder(x)
+    z = m.reparameterize(mu, logvar)
+    gen = m.decoder(torch.cat([z, torch.randn_like(z)]))
+    logits, _ = m.discriminator(torch.cat([x_real, gen]), tr._feature_layer)
+    l_real, l_recon, l_prior = logits.split(b)
+    objective = discriminator_gan_loss(l_real, l_recon, l_prior) + 2.0 * r1_penalty(l_real, x_real)
+    expected = torch.autograd.grad(objective, list(m.discriminator.parameters()))
+    tr.close()
+    for got, want in zip(captured["discriminator"], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_clip_bounds_each_networks_gradient_norm(tiny_cfg):
+    """trainer.grad_clip=c: every optimizer steps with its own network's gradient norm <= c."""
+    def step_norms(*extra):
+        tr = Trainer(tiny_cfg("loss.equilibrium=null", *extra))
+        norms = {}
+        for name, opt in tr.optimizers.items():
+            def record(*a, _name=name, _step=opt.step, **k):
+                grads = [p.grad for p in tr.nets[_name].parameters() if p.grad is not None]
+                norms[_name] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+                return _step(*a, **k)
+            opt.step = record
+        tr.train_step(tr._batch(tr.data.train_batches(0)[0]))
+        tr.close()
+        return norms
+
+    free, clipped = step_norms(), step_norms("trainer.grad_clip=0.01")
+    assert set(free) == set(clipped) == {"encoder", "decoder", "discriminator"}
+    assert all(v > 0.01 for v in free.values()), free            # so the clip has work to do
+    assert all(v <= 0.01 * (1 + 1e-4) for v in clipped.values()), clipped
+
+
+def test_per_network_learning_rates_override_lr(tiny_cfg):
+    tr = Trainer(tiny_cfg("optimizer.lr=1e-3", "optimizer.lr_discriminator=1e-4", "optimizer.lr_encoder=2e-4"))
+    assert {n: o.param_groups[0]["lr"] for n, o in tr.optimizers.items()} == pytest.approx(
+        {"encoder": 2e-4, "decoder": 1e-3, "discriminator": 1e-4})
+    tr.close()
+
+
+def test_each_logged_loss_is_the_mean_of_the_steps_since_the_last_record(tiny_cfg):
+    """trainer.log_every=3 over an epoch of 5 steps: records at step 3 (steps 1-3) and at the epoch's
+    end (steps 4-5, a window of 2): each the mean of its own steps' values, none carried over."""
+    import json
+
+    tr = Trainer(tiny_cfg("trainer.log_every=3", "loss.equilibrium=null"))
+    per_step, plain_step = [], tr.train_step
+
+    def recording_step(x):
+        values = plain_step(x)
+        per_step.append({k: float(v.detach()) for k, v in values.items()})
+        return values
+
+    tr.train_step = recording_step
+    tr.fit()
+    tr.close()
+    records = [json.loads(s) for s in (Path(tr.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "loss/kl" in r]
+    assert len(per_step) == 5 and [r["step"] for r in losses] == [3, 5]
+    for record, window in zip(losses, (per_step[:3], per_step[3:])):
+        for k in per_step[0]:
+            assert record[k] == pytest.approx(sum(v[k] for v in window) / len(window), rel=1e-5), k
+
+
+def test_validation_losses_are_per_image_sums_in_eval_mode(tiny_cfg):
+    """val/loss = per-image summed squared error of Dec(mu) in [0, 1] + KL, over every validation
+    face, with the networks in eval mode (running statistics, left as they were)."""
+    from facegen.losses import kl_divergence
+
+    tr = Trainer(tiny_cfg())
+    x = tr.data.val.images
+    for i in range(2):   # move the running statistics away from their initial values
+        tr.train_step(tr._batch(tr.data.train_batches(0)[i]))
+    state = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    got = tr.validate()
+    assert tr.model.training and all(torch.equal(v, state[k]) for k, v in tr.model.state_dict().items())
+    m = tr.model.eval()
+    with torch.no_grad():
+        xin = m.from_uint8(x)
+        mu, logvar = m.encode(xin)
+        err = (m.to_unit(m.decode(mu)) - m.to_unit(xin)).pow(2).flatten(1)
+    tr.close()
+    assert got["val/kl"] == pytest.approx(float(kl_divergence(mu, logvar)), rel=1e-4)
+    assert got["val/recon_mse"] == pytest.approx(float(err.mean()), rel=1e-4)
+    assert got["val/loss"] == pytest.approx(float(err.sum(1).mean() + kl_divergence(mu, logvar)), rel=1e-4)
+
+
+def test_resume_restores_the_clock_and_the_best_score(tiny_cfg):
+    """A resumed run takes the checkpoint's elapsed time (a max_time budget goes on, it does not start
+    over) and its history (best/<metric>: a worse record must not replace best.pt)."""
+    train(tiny_cfg("trainer.max_steps=3", "trainer.best_metric=val/loss"))
+    cfg = tiny_cfg("trainer.max_steps=6", "trainer.best_metric=val/loss", "trainer.resume=auto")
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    tr = Trainer(cfg)
+    assert (tr.step, tr.epoch, tr.batch_in_epoch) == (3, 0, 3)
+    assert tr.elapsed == ckpt["elapsed"] > 0
+    assert tr.history == ckpt["metrics"] and "best/val/loss" in tr.history
+    tr.close()
+
+
+def test_keep_last_zero_keeps_no_epoch_checkpoint_and_minus_one_keeps_all(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    for keep, left in ((-1, 3), (0, 0)):
+        for e in (1, 2, 3):
+            (tmp_path / f"epoch_{e:03d}.pt").write_bytes(b"")
+        stub = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"keep_last": keep}}), is_main=True, ckpt_dir=tmp_path)
+        Trainer._prune_epoch_checkpoints(stub)
+        assert len(list(tmp_path.glob("epoch_*.pt"))) == left
+
+
+def test_a_non_finite_loss_is_never_saved_by_a_periodic_checkpoint(tiny_cfg, monkeypatch):
+    """A NaN at step 4 with checkpoint_every=2 and no record in between: the step-4 checkpoint is
+    refused (the error names the step), so last.pt stays the good one of step 2."""
+    import facegen.losses as losses
+
+    calls, real_kl = {"n": 0}, losses.kl_divergence
+
+    def kl_nan_at_step_4(mu, logvar):
+        calls["n"] += 1
+        return real_kl(mu, logvar) * (float("nan") if calls["n"] == 4 else 1.0)
+
+    monkeypatch.setattr(losses, "kl_divergence", kl_nan_at_step_4)
+    cfg = tiny_cfg("trainer.log_every=100", "trainer.checkpoint_every=2")
+    with pytest.raises(TrainingError, match=r"loss term 'kl' became non-finite .* at step 4"):
+        train(cfg)
+    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["encoder"].values() if v.is_floating_point())
+
+
+def _through_torch_save(obj):
+    """obj through torch.save and a weights-only load, as a checkpoint's values travel."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_rng_state_round_trips_python_numpy_and_torch():
+    """The RNG state a checkpoint carries restores every global generator a run may draw from."""
+    import random
+
+    import numpy as np
+
+    from facegen.checkpoint import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()                             # leaves numpy with a cached Gaussian
+    state = _through_torch_save(rng_state())
+    first = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(state)
+    again = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
