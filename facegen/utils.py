@@ -22,6 +22,18 @@ class ConfigError(ValueError):
     """A setting that cannot work as given: the message names the key and what to use instead."""
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask sets it, and a file
+    another thread creates meanwhile would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same folder, flush + fsync, then rename over `path`: a reader
     sees the old file or the whole new one, never half of it (checkpoints, the data cache, feature nets)."""
@@ -33,9 +45,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)   # mkstemp makes the file 0600: give it the mode open() would (0644 under umask 022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it 0600: give it the mode open() would (0644 under umask 022)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
