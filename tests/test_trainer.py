@@ -262,23 +262,28 @@ def test_resume_auto_on_a_finished_run_changes_nothing(tiny_cfg):
     assert last.read_bytes() == before
 
 
-def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tiny_cfg, monkeypatch):
+@pytest.mark.parametrize("nan_at, overrides, kept", [
+    (5, ("trainer.epochs=3", "trainer.checkpoint_every=3"), 3),
+    # the NaN falls on a periodic checkpoint's step, with no record in between: that checkpoint is
+    # refused (the error names the step), so last.pt stays the good one of step 2
+    (4, ("trainer.checkpoint_every=2",), 2),
+])
+def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tiny_cfg, monkeypatch, nan_at, overrides,
+                                                                          kept):
     import facegen.losses as losses
 
-    calls = {"n": 0}
-    real_kl = losses.kl_divergence
+    calls, real_kl = {"n": 0}, losses.kl_divergence
 
-    def kl_nan_at_step_5(mu, logvar):
+    def kl_nan_at_one_step(mu, logvar):
         calls["n"] += 1
-        value = real_kl(mu, logvar)
-        return value * float("nan") if calls["n"] == 5 else value
+        return real_kl(mu, logvar) * (float("nan") if calls["n"] == nan_at else 1.0)
 
-    monkeypatch.setattr(losses, "kl_divergence", kl_nan_at_step_5)
-    cfg = tiny_cfg("trainer.epochs=3", "trainer.log_every=100", "trainer.checkpoint_every=3")
-    with pytest.raises(TrainingError, match=r"loss term 'kl' became non-finite .* at step 5"):
+    monkeypatch.setattr(losses, "kl_divergence", kl_nan_at_one_step)
+    cfg = tiny_cfg("trainer.log_every=100", *overrides)
+    with pytest.raises(TrainingError, match=rf"loss term 'kl' became non-finite .* at step {nan_at}"):
         train(cfg)
     ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 3
+    assert ckpt["step"] == kept
     assert all(torch.isfinite(v).all() for v in ckpt["model"]["encoder"].values() if v.is_floating_point())
 
 
@@ -866,26 +871,6 @@ def test_keep_last_zero_keeps_no_epoch_checkpoint_and_minus_one_keeps_all(tmp_pa
         stub = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"keep_last": keep}}), is_main=True, ckpt_dir=tmp_path)
         Trainer._prune_epoch_checkpoints(stub)
         assert len(list(tmp_path.glob("epoch_*.pt"))) == left
-
-
-def test_a_non_finite_loss_is_never_saved_by_a_periodic_checkpoint(tiny_cfg, monkeypatch):
-    """A NaN at step 4 with checkpoint_every=2 and no record in between: the step-4 checkpoint is
-    refused (the error names the step), so last.pt stays the good one of step 2."""
-    import facegen.losses as losses
-
-    calls, real_kl = {"n": 0}, losses.kl_divergence
-
-    def kl_nan_at_step_4(mu, logvar):
-        calls["n"] += 1
-        return real_kl(mu, logvar) * (float("nan") if calls["n"] == 4 else 1.0)
-
-    monkeypatch.setattr(losses, "kl_divergence", kl_nan_at_step_4)
-    cfg = tiny_cfg("trainer.log_every=100", "trainer.checkpoint_every=2")
-    with pytest.raises(TrainingError, match=r"loss term 'kl' became non-finite .* at step 4"):
-        train(cfg)
-    ckpt = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 2
-    assert all(torch.isfinite(v).all() for v in ckpt["model"]["encoder"].values() if v.is_floating_point())
 
 
 def _through_torch_save(obj):
